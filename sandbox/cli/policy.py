@@ -1,0 +1,54 @@
+"""``sandbox policy check|hash``: the data owner's view of a policy bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sandbox.errors import PolicyError
+from sandbox.policy.bundle import manifest
+from sandbox.policy.loader import load_policy
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("policy", help="check and hash policies")
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    check = actions.add_parser("check", help="validate a policy; exit 1 when invalid")
+    check.add_argument("path", help="a policy file, or the folder holding policy.yaml")
+    check.set_defaults(handler=check_command)
+
+    hash_ = actions.add_parser("hash", help="print the policy hash clients verify")
+    hash_.add_argument("path", help="a policy file, or the folder holding policy.yaml")
+    hash_.add_argument(
+        "--manifest",
+        action="store_true",
+        help="also print the hashed files, as sha256sum prints them",
+    )
+    hash_.set_defaults(handler=hash_command)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        count = len(exc.problems)
+        print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+        return 1
+    rules = len(policy.ingress.rules) + len(policy.egress.rules)
+    print(f"ok: {policy.name} ({policy.mode} mode, {rules} rules) {policy.hash}")
+    return 0
+
+
+def hash_command(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.manifest:
+        sys.stdout.write(manifest(policy.files))
+    print(policy.hash)
+    return 0

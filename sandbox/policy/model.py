@@ -1,0 +1,119 @@
+"""The validated policy: plain, immutable data the request path can trust.
+
+Everything here was checked by the loader; nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sandbox.policy.paths import PathPattern
+
+Effect = Literal["allow", "deny"]
+Mode = Literal["enforce", "report"]
+ClaimValue = str | int | float | bool
+EFFECTS: tuple[Effect, ...] = ("allow", "deny")
+MODES: tuple[Mode, ...] = ("enforce", "report")
+DEFAULT_AUDIT_PATH = "audit/decisions.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """One token issuer the data owner trusts, with its pinned keys."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    jwks_path: str
+    # kid -> public key (a ``jwt.PyJWK``), parsed and checked at load.
+    keys: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    leeway: float = 0.0
+    issuers: tuple[Issuer, ...] = ()
+    # Whether the caller's bearer token is passed on to the app; by default
+    # the app sees only the verified identity headers.
+    forward_token: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCondition:
+    """``role: [a, b]`` (equals one of) or ``groups: {contains: x}``."""
+
+    claim: str
+    equals_any: tuple[ClaimValue, ...] = ()
+    contains: ClaimValue | None = None
+
+    def describe(self) -> str:
+        if self.contains is not None:
+            return f"claim {self.claim!r} to contain {self.contains!r}"
+        return f"claim {self.claim!r} to be one of {list(self.equals_any)!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRule:
+    name: str
+    effect: Effect
+    methods: frozenset[str]  # {"*"} for any method
+    paths: tuple[PathPattern, ...]
+    anonymous: bool = False
+    claims: tuple[ClaimCondition, ...] = ()
+    max_body: int | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSection:
+    default: Effect = "deny"
+    rules: tuple[IngressRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRule:
+    name: str
+    effect: Effect
+    hosts: tuple[str, ...]  # lower-case punycode; "*.suffix" for subdomains
+    ports: tuple[int, ...] = ()  # empty: any port
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EgressSection:
+    default: Effect = "deny"
+    block_private_networks: bool = True
+    rules: tuple[EgressRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    # Relative paths are resolved against the working directory of
+    # ``sandbox run``, never inside the policy bundle.
+    path: str = DEFAULT_AUDIT_PATH
+    fsync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFile:
+    """One file covered by the policy hash, by its path inside the bundle."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int
+    name: str
+    mode: Mode
+    identity: IdentityConfig
+    ingress: IngressSection
+    egress: EgressSection
+    audit: AuditConfig
+    # Folder that relative references resolve against, and the hashed files.
+    root: str = ""
+    files: tuple[BundleFile, ...] = field(default_factory=tuple)
+    hash: str = ""
