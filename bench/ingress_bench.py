@@ -94,7 +94,14 @@ def wait_for(url: str, seconds: float = 15) -> None:
 
 
 def wrk(url: str, seconds: int, connections: int, header: str | None) -> dict[str, str]:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    command = [
+        shutil.which("wrk") or "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
     if header:
         command[1:1] = ["-H", header]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -122,24 +129,52 @@ def main() -> int:
     private_key, jwks = generate_key("ES256")
     (policy / "keys/bench.jwks.json").write_text(json.dumps(jwks))
     (policy / "policy.yaml").write_text(POLICY)
-    token = issue_token(private_key, issuer=ISSUER, audience=AUDIENCE,
-                        subject="bench", claims={"role": "member"}, expires_in=3600)
+    token = issue_token(
+        private_key,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        subject="bench",
+        claims={"role": "member"},
+        expires_in=3600,
+    )
 
-    processes = [subprocess.Popen(["nginx", "-c", str(work / "nginx.conf")])]
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--log-level", "WARNING", "run",
-         "--policy", str(policy), "--upstream", f"http://127.0.0.1:{nginx_port}",
-         "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-         "--audit-log", str(work / "audit.jsonl")],
-    ))
+    nginx = shutil.which("nginx") or "nginx"
+    processes = [subprocess.Popen([nginx, "-c", str(work / "nginx.conf")])]
+    processes.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sandbox",
+                "--log-level",
+                "WARNING",
+                "run",
+                "--policy",
+                str(policy),
+                "--upstream",
+                f"http://127.0.0.1:{nginx_port}",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--admin-listen",
+                f"127.0.0.1:{admin}",
+                "--audit-log",
+                str(work / "audit.jsonl"),
+                # Ingress alone is measured here; bench/egress_bench.py does egress.
+                "--no-egress",
+            ],
+        )
+    )
     try:
         wait_for(f"http://127.0.0.1:{nginx_port}/")
         wait_for(f"http://127.0.0.1:{admin}/readyz")
         scenarios = [
             ("nginx alone", f"http://127.0.0.1:{nginx_port}/open", None),
             ("sandbox, anonymous rule", f"http://127.0.0.1:{port}/open", None),
-            ("sandbox, JWT + claims rule", f"http://127.0.0.1:{port}/members/a",
-             f"Authorization: Bearer {token}"),
+            (
+                "sandbox, JWT + claims rule",
+                f"http://127.0.0.1:{port}/members/a",
+                f"Authorization: Bearer {token}",
+            ),
             ("sandbox, refused by deny rule", f"http://127.0.0.1:{port}/admin/x", None),
         ]
         baseline = None
@@ -148,8 +183,10 @@ def main() -> int:
             figures = wrk(url, args.seconds, args.connections, header)
             rps = float(figures["rps"])
             baseline = baseline or rps
-            print(f"  {name:32} {rps:10.0f} req/s  p50 {figures['p50']:>8}  "
-                  f"p99 {figures['p99']:>8}  ({rps / baseline:.2f} of nginx alone)")
+            print(
+                f"  {name:32} {rps:10.0f} req/s  p50 {figures['p50']:>8}  "
+                f"p99 {figures['p99']:>8}  ({rps / baseline:.2f} of nginx alone)"
+            )
         records = sum(1 for _ in (work / "audit.jsonl").open())
         print(f"  audit records written: {records}")
     finally:

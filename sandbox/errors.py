@@ -5,10 +5,23 @@
     ├── AuthenticationError (ValueError)  a bearer token is missing or refused
     ├── RequestPathError (ValueError)     a request path cannot be normalised
     ├── AuditError (OSError)              the audit log cannot be written
-    └── AuditIntegrityError (ValueError)  an audit log fails verification
+    ├── AuditIntegrityError (ValueError)  an audit log fails verification
+    └── AttestationError                  attestation evidence or its device
+        ├── AttestationVerificationError (ValueError)  evidence is refused
+        │   ├── AttestationFormatError      not a well-formed document/report
+        │   ├── SignatureError              the evidence signature is wrong
+        │   ├── CertificateChainError       the chain to the pinned root fails
+        │   │   └── CertificateExpiredError a certificate is not valid then
+        │   ├── MeasurementMismatchError    a PCR, MEASUREMENT or HOST_DATA differs
+        │   ├── BindingMismatchError        nonce, key, user data or REPORT_DATA
+        │   └── SimulatedRootError          development root without opt-in
+        ├── AttestationDeviceError (OSError)  /dev/nsm, configfs-tsm, sev-guest
+        │   └── ReportRaceError             another writer raced on configfs-tsm
+        └── PolicyBindingError (ValueError)  the platform is bound to other rules
 
-Library errors (PyYAML, PyJWT, OSError from files) are translated into these
-at the boundary, with ``raise ... from exc``, so callers catch one family.
+Library errors (PyYAML, PyJWT, cbor2, cryptography, OSError from files) are
+translated into these at the boundary, with ``raise ... from exc``, so callers
+catch one family. Attestation verifiers raise; they never return False.
 """
 
 from __future__ import annotations
@@ -74,3 +87,64 @@ class AuditIntegrityError(SandboxError, ValueError):
     def __init__(self, line: int, message: str) -> None:
         self.line = line
         super().__init__(f"line {line}: {message}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification step: its name, whether it passed, and what was seen."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class AttestationError(SandboxError):
+    """Root of the attestation errors: evidence refused or a device failing."""
+
+
+class AttestationVerificationError(AttestationError, ValueError):
+    """Evidence was refused; ``checks`` lists every step run, the failed one last."""
+
+    def __init__(self, message: str, checks: tuple[Check, ...] = ()) -> None:
+        self.checks = checks
+        super().__init__(message)
+
+
+class AttestationFormatError(AttestationVerificationError):
+    """The bytes are not a well-formed attestation document or report."""
+
+
+class SignatureError(AttestationVerificationError):
+    """The document or report signature does not verify with its signing key."""
+
+
+class CertificateChainError(AttestationVerificationError):
+    """The signing certificate does not chain to the pinned root."""
+
+
+class CertificateExpiredError(CertificateChainError):
+    """A certificate in the chain is not valid at the verification time."""
+
+
+class MeasurementMismatchError(AttestationVerificationError):
+    """A measured value (PCR, MEASUREMENT, HOST_DATA) is not the one expected."""
+
+
+class BindingMismatchError(AttestationVerificationError):
+    """Nonce, public key, user data or REPORT_DATA is not the one expected."""
+
+
+class SimulatedRootError(AttestationVerificationError):
+    """Evidence chains to a development root and the caller did not opt in."""
+
+
+class AttestationDeviceError(AttestationError, OSError):
+    """The attestation device (NSM, configfs-tsm, sev-guest) failed."""
+
+
+class ReportRaceError(AttestationDeviceError):
+    """Another writer changed the configfs-tsm entry while a report was read."""
+
+
+class PolicyBindingError(AttestationError, ValueError):
+    """The platform is bound to another policy; the sandbox must not start."""

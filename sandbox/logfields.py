@@ -22,3 +22,15 @@ EVENT_DECISION = "decision"
 DIRECTION_INGRESS = "ingress"
 ALLOW = "allow"
 DENY = "deny"
+
+# Egress: where the app connects, and how much went each way.
+HOST = "host"
+PORT = "port"
+ADDRESS = "address"
+SCHEME = "scheme"
+BYTES_OUT = "bytes_out"
+DURATION_MS = "duration_ms"
+CUT = "cut"
+DIRECTION_EGRESS = "egress"
+# Written when an allowed egress exchange or tunnel ends, after its decision.
+EVENT_EGRESS_END = "egress_end"

@@ -52,6 +52,12 @@ class Metrics:
             "Decisions refused because the audit log could not be written.",
             registry=self.registry,
         )
+        self.egress_bytes = Counter(
+            "sandbox_egress_bytes",
+            "Bytes through the egress proxy, by rule and way (out: app to world).",
+            ["rule", "way"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -1,4 +1,5 @@
-"""``sandbox run``: one event loop serving ingress and admin, beside the app.
+"""``sandbox run``: one event loop serving ingress, egress and admin, beside
+the app.
 
 Stops on SIGTERM or SIGINT by draining in-flight requests (exit 0), and when
 the app it started dies (exit non-zero: the app's status, or 1).
@@ -15,17 +16,24 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from sandbox.attestation.provider import make_provider
 from sandbox.audit.log import AuditLog
+from sandbox.egress.proxy import EgressConfig, EgressProxy
+from sandbox.engines import DecisionEngine, build_engine
 from sandbox.identity.verifier import TokenVerifier
 from sandbox.ingress.admin import ReadinessProbe, admin_app
 from sandbox.ingress.proxy import IngressProxy
+from sandbox.ingress.tls import ChannelKey, ephemeral_channel_key
 from sandbox.ingress.upstream import UpstreamTimeouts, open_session, parse_upstream
+from sandbox.ingress.wellknown import WellKnown
 from sandbox.metrics import Metrics
 from sandbox.netaddr import format_url
 from sandbox.policy.model import Policy
+from sandbox.policy.served import read_bundle
 
 log = logging.getLogger("sandbox.run")
 
@@ -43,6 +51,15 @@ class RunOptions:
     drain_seconds: float = 15.0
     app_stop_seconds: float = 10.0
     audit_path: str | None = None
+    # None: no egress proxy (the app's outbound traffic is not mediated).
+    egress: EgressConfig | None = None
+    # Rego directions: None evaluates them embedded, else this OPA server.
+    opa_url: str | None = None
+    opa_timeout: float = 1.0
+    # An attestation provider name: serves TLS with a key made at start and
+    # the /.well-known/sandbox/ documents; None serves plain HTTP.
+    attestation: str | None = None
+    attestation_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Sandbox:
@@ -55,6 +72,10 @@ class Sandbox:
         self.metrics = Metrics()
         self.ingress_urls: list[str] = []
         self.admin_urls: list[str] = []
+        self.egress: EgressProxy | None = None
+        self.engine: DecisionEngine = build_engine(
+            policy, opa_url=options.opa_url, opa_timeout=options.opa_timeout
+        )
         self._runners: list[web.BaseRunner] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
@@ -75,16 +96,36 @@ class Sandbox:
         session = open_session(socket_path, self.options.timeouts)
         self._closers.insert(0, session.close)
         verifier = TokenVerifier(self.policy.identity)
+        await self.engine.start()
+        self._closers.insert(0, self.engine.close)
+        # Bound to the measurement before anything is served.
+        channel, well_known = await self._start_attestation()
         proxy = IngressProxy(
-            self.policy, verifier, audit, session, base_url, self.metrics
+            self.policy,
+            verifier,
+            audit,
+            session,
+            base_url,
+            self.metrics,
+            scheme="https" if channel else "http",
+            engine=self.engine,
+            well_known=well_known,
         )
         ingress = web.ServerRunner(
-            web.Server(proxy.handle, max_field_size=MAX_HEADER_FIELD),
+            web.Server(
+                proxy.handle,
+                max_field_size=MAX_HEADER_FIELD,
+                # The decision line is the one line per request; no access log.
+                access_log=None,
+            ),
             shutdown_timeout=self.options.drain_seconds,
         )
         probe = app_probe(base_url.host, base_url.port, socket_path)
         admin = web.AppRunner(admin_app(self.metrics, audit, probe))
-        self.ingress_urls = await self._listen(ingress, self.options.listen, "ingress")
+        await self._start_egress(audit)
+        self.ingress_urls = await self._listen(
+            ingress, self.options.listen, "ingress", channel
+        )
         self.admin_urls = await self._listen(admin, self.options.admin_listen, "admin")
         log.info(
             "policy %s %s (%s mode), audit log %s",
@@ -94,13 +135,62 @@ class Sandbox:
             self.audit_path,
         )
 
+    async def _start_attestation(self) -> tuple[ChannelKey | None, WellKnown | None]:
+        if self.options.attestation is None:
+            return None, None
+        provider = make_provider(
+            self.options.attestation, **self.options.attestation_options
+        )
+        await provider.start(self.policy.hash)
+        channel = await asyncio.to_thread(ephemeral_channel_key)
+        bundle = await asyncio.to_thread(read_bundle, self.policy)
+        root = (
+            getattr(provider, "root_pem", None)
+            if provider.name == "simulated"
+            else None
+        )
+        log.info(
+            "attestation: %s provider bound to %s; TLS key sha256:%s",
+            provider.name,
+            self.policy.hash,
+            channel.public_key_sha256,
+        )
+        return channel, WellKnown(provider, channel, bundle, root)
+
+    async def _start_egress(self, audit: AuditLog) -> None:
+        if self.options.egress is None:
+            return
+        egress = EgressProxy(
+            self.policy, self.options.egress, audit, self.metrics, self.engine
+        )
+        # Stopped before the audit log closes: its last records go there.
+        self._closers.insert(0, egress.stop)
+        await egress.start()
+        self.egress = egress
+
+    def app_environment(self) -> dict[str, str]:
+        """The environment for the app: ours, plus the egress proxy settings."""
+        env = dict(os.environ)
+        if self.egress is not None:
+            env.update(self.egress.app_environment())
+        return env
+
     async def _listen(
-        self, runner: web.BaseRunner, address: tuple[str, int], name: str
+        self,
+        runner: web.BaseRunner,
+        address: tuple[str, int],
+        name: str,
+        channel: ChannelKey | None = None,
     ) -> list[str]:
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, address[0], address[1], reuse_address=True).start()
-        urls = [format_url("http", bound[0], bound[1]) for bound in runner.addresses]
+        context = channel.context if channel else None
+        site = web.TCPSite(
+            runner, address[0], address[1], reuse_address=True, ssl_context=context
+        )
+        await site.start()
+        scheme = "https" if channel else "http"
+        urls = [format_url(scheme, bound[0], bound[1]) for bound in runner.addresses]
         for url in urls:
             log.info("%s listening on %s", name, url)
         return urls
@@ -126,7 +216,7 @@ async def run(policy: Policy, options: RunOptions) -> int:
     try:
         await sandbox.start()
         if options.app_command:
-            app = await _start_app(options.app_command)
+            app = await _start_app(options.app_command, sandbox.app_environment())
         return await _wait_for_stop(app)
     finally:
         # Drain first: in-flight requests still need the app.
@@ -136,8 +226,10 @@ async def run(policy: Policy, options: RunOptions) -> int:
         await sandbox.stop()
 
 
-async def _start_app(command: Sequence[str]) -> asyncio.subprocess.Process:
-    app = await asyncio.create_subprocess_exec(*command, env=dict(os.environ))
+async def _start_app(
+    command: Sequence[str], env: dict[str, str]
+) -> asyncio.subprocess.Process:
+    app = await asyncio.create_subprocess_exec(*command, env=env)
     log.info("started app (pid %s): %s", app.pid, " ".join(command))
     return app
 

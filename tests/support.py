@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -173,3 +174,141 @@ def audit_records(path: Path) -> list[dict[str, Any]]:
     return [
         record for line in lines if (record := json.loads(line))["event"] == "decision"
     ]
+
+
+# Egress: origins on loopback names, a resolver the test controls, a client.
+# (Imported here, not above, so the ingress part of this module reads alone.)
+
+import ipaddress  # noqa: E402
+import ssl  # noqa: E402
+
+import trustme  # noqa: E402
+from yarl import URL  # noqa: E402
+
+
+class StaticResolver:
+    """Answers only what the test wrote down; remembers every question."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int) -> list[Any]:
+        self.asked.append(host)
+        if host not in self.answers:
+            raise OSError(f"test resolver knows no {host!r}")
+        return [ipaddress.ip_address(text) for text in self.answers[host]]
+
+
+@dataclass
+class Origin:
+    """An origin server on one loopback address, plain or TLS (trustme)."""
+
+    host: str
+    tls: ssl.SSLContext | None = None
+    name: str = "origin"
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=0)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/redirect", self._redirect)
+        app.router.add_route("*", "/{tail:.*}", self._echo)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0, ssl_context=self.tls)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        length = 0
+        async for chunk in request.content.iter_chunked(1 << 16):
+            length += len(chunk)
+        self.seen.append(
+            Seen(request.method, request.raw_path, CIMultiDict(request.headers), length)
+        )
+        return web.json_response(
+            {"origin": self.name, "path": request.raw_path, "body_length": length}
+        )
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        socket_ = web.WebSocketResponse()
+        await socket_.prepare(request)
+        async for message in socket_:
+            await socket_.send_str(f"echo:{message.data}")
+        return socket_
+
+
+@asynccontextmanager
+async def running_origins(*origins: Origin) -> AsyncIterator[tuple[Origin, ...]]:
+    for origin in origins:
+        await origin.start()
+    try:
+        yield origins
+    finally:
+        for origin in origins:
+            await origin.stop()
+
+
+def egress_records(path: Path, event: str = "decision") -> list[dict[str, Any]]:
+    lines = path.read_text().splitlines()
+    return [
+        record
+        for line in lines
+        if (record := json.loads(line))["event"] == event
+        and record.get("direction") == "egress"
+    ]
+
+
+async def raw_connect(
+    proxy_url: str, authority: str, host_header: str | None = None
+) -> tuple[int, bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send ``CONNECT authority`` byte for byte; status, body, and the stream."""
+    proxy = URL(proxy_url)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {host_header or authority}\r\n\r\n"
+    writer.write(head.encode())
+    status, body = await read_response(reader)
+    return status, body, reader, writer
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response head, and its body when it has a Content-Length."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    length = int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+    return status, body
+
+
+def client_tls(*cas: trustme.CA | Path) -> ssl.SSLContext:
+    """A client context trusting exactly these CAs (trustme, or PEM files)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for ca in cas:
+        if isinstance(ca, Path):
+            context.load_verify_locations(cafile=str(ca))
+        else:
+            ca.configure_trust(context)
+    return context
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (a test binds it soon after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support import TokenFactory, write_policy
+from sandbox.errors import PolicyError
+from tests.support import TokenFactory, free_port, write_policy
 
 POLICY = """\
 ingress:
@@ -36,17 +34,11 @@ APP = [sys.executable, "-m", "tests.apps.upstream_app"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class SandboxProcess:
     def __init__(
-        self, process: asyncio.subprocess.Process, port: int, admin: int
+        self, process: asyncio.subprocess.Process, port: int, admin: int, log: Path
     ) -> None:
+        self.log = log
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin}"
@@ -77,7 +69,7 @@ def policy_path(policy_dir: Path, tokens: TokenFactory) -> Path:
 
 
 @pytest.fixture
-def sandbox_command(policy_path: Path, tmp_path: Path) -> Iterator[Any]:
+def sandbox_command(policy_path: Path, tmp_path: Path) -> Any:
     def build(app_port: int, port: int, admin: int, *extra: str) -> list[str]:
         return [
             sys.executable,
@@ -94,6 +86,9 @@ def sandbox_command(policy_path: Path, tmp_path: Path) -> Iterator[Any]:
             f"127.0.0.1:{admin}",
             "--audit-log",
             str(tmp_path / "audit.jsonl"),
+            # Any free port: tests may run beside another sandbox.
+            "--egress-listen",
+            "127.0.0.1:0",
             *extra,
             "--",
             *APP,
@@ -101,18 +96,20 @@ def sandbox_command(policy_path: Path, tmp_path: Path) -> Iterator[Any]:
             str(app_port),
         ]
 
-    yield build
+    return build
 
 
 @pytest.fixture
-async def running(sandbox_command: Any) -> AsyncIterator[SandboxProcess]:
+async def running(
+    sandbox_command: Any, tmp_path: Path
+) -> AsyncIterator[SandboxProcess]:
     port, admin = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        *sandbox_command(free_port(), port, admin),
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    sandbox = SandboxProcess(process, port, admin)
+    # A file, not a pipe: an unread pipe fills up and blocks the sandbox.
+    with (tmp_path / "stderr.log").open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *sandbox_command(free_port(), port, admin), cwd=ROOT, stderr=stderr
+        )
+    sandbox = SandboxProcess(process, port, admin, tmp_path / "stderr.log")
     try:
         await sandbox.wait_ready()
         yield sandbox
@@ -142,13 +139,14 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
 async def test_app_death_stops_the_sandbox_with_a_non_zero_status(
     running: SandboxProcess,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(running.url + "/exit") as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(running.url + "/exit") as response,
+    ):
+        assert response.status == 200
 
     status = await asyncio.wait_for(running.process.wait(), 15)
-    assert running.process.stderr is not None
-    stderr = (await running.process.stderr.read()).decode()
+    stderr = running.log.read_text()
     assert status == 3
     assert "the app exited with status 3" in stderr
 
@@ -164,14 +162,16 @@ async def test_one_gibibyte_upload_streams_with_flat_memory(
             yield chunk
 
     headers = {"Authorization": f"Bearer {tokens.issue('uploader')}"}
-    async with aiohttp.ClientSession() as session:
-        async with session.put(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(
             running.url + "/sink",
             data=body(),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=300),
-        ) as response:
-            result = await response.json()
+        ) as response,
+    ):
+        result = await response.json()
 
     assert response.status == 200 and result == {"received": total}
     # The whole GiB went through; the proxy's peak resident memory stayed
@@ -184,11 +184,9 @@ def test_invalid_policy_refuses_to_start_with_the_reasons(
 ) -> None:
     import subprocess
 
-    write_policy(
-        policy_dir,
-        "ingress:\n  rules:\n    - name: x\n      paths: [v1]\n",
-        tokens.jwks,
-    )
+    body = "ingress:\n  rules:\n    - name: x\n      paths: [v1]\n"
+    with pytest.raises(PolicyError):
+        write_policy(policy_dir, body, tokens.jwks)
     result = subprocess.run(
         [
             sys.executable,
@@ -209,7 +207,7 @@ def test_invalid_policy_refuses_to_start_with_the_reasons(
 
     assert result.returncode == 2
     assert (
-        "policy.yaml:14: ingress.rules[0].paths[0]: 'v1' is not a valid path"
+        "policy.yaml:13: ingress.rules[0].paths[0]: 'v1' is not a valid path"
         in result.stderr
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sandbox.errors import RequestPathError
@@ -54,10 +56,8 @@ def test_normal_form(raw: str, path: str, query: str) -> None:
     ],
 )
 def test_ambiguous_targets_are_refused(raw: str, reason: str) -> None:
-    with pytest.raises(RequestPathError) as caught:
+    with pytest.raises(RequestPathError, match=re.escape(reason)):
         normalize_target(raw)
-
-    assert reason in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,5 @@ def test_pattern_matching(pattern: str, path: str, matches: bool) -> None:
     ],
 )
 def test_patterns_that_could_never_match_are_refused(pattern: str, reason: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match=re.escape(reason)):
         compile_path_pattern(pattern)
-
-    assert reason in str(caught.value)

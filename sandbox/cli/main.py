@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from sandbox import __version__
-from sandbox.cli import audit, policy, run, token
+from sandbox.cli import attestation, audit, policy, run, token, verify
 
-COMMAND_GROUPS = (run, policy, token, audit)
+COMMAND_GROUPS = (run, verify, policy, token, audit, attestation)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,14 @@
-"""``sandbox policy check|hash``: the data owner's view of a policy bundle."""
+"""``sandbox policy check|hash|measure``: the data owner's view of a policy bundle."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
+from sandbox.attestation import measure
+from sandbox.cli import policy_test
 from sandbox.errors import PolicyError
 from sandbox.policy.bundle import manifest
 from sandbox.policy.loader import load_policy
@@ -18,6 +21,7 @@ def register(commands: Any) -> None:
     check = actions.add_parser("check", help="validate a policy; exit 1 when invalid")
     check.add_argument("path", help="a policy file, or the folder holding policy.yaml")
     check.set_defaults(handler=check_command)
+    policy_test.register(actions)
 
     hash_ = actions.add_parser("hash", help="print the policy hash clients verify")
     hash_.add_argument("path", help="a policy file, or the folder holding policy.yaml")
@@ -27,6 +31,15 @@ def register(commands: Any) -> None:
         help="also print the hashed files, as sha256sum prints them",
     )
     hash_.set_defaults(handler=hash_command)
+
+    measure_ = actions.add_parser(
+        "measure", help="print the attestation values this policy produces"
+    )
+    measure_.add_argument(
+        "path", help="a policy file, or the folder holding policy.yaml"
+    )
+    measure_.add_argument("--json", action="store_true", help="print JSON")
+    measure_.set_defaults(handler=measure_command)
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -51,4 +64,25 @@ def hash_command(args: argparse.Namespace) -> int:
     if args.manifest:
         sys.stdout.write(manifest(policy.files))
     print(policy.hash)
+    return 0
+
+
+def measure_command(args: argparse.Namespace) -> int:
+    """The policy hash, Nitro PCR16 and SEV-SNP HOST_DATA it leads to."""
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    values = {
+        "policy_hash": policy.hash,
+        "nitro_pcr16": measure.expected_pcr16(policy.hash).hex(),
+        "snp_host_data": measure.expected_host_data(policy.hash).hex(),
+    }
+    if args.json:
+        print(json.dumps(values, indent=2))
+        return 0
+    print(f"policy hash:        {values['policy_hash']}")
+    print(f"Nitro PCR16:        {values['nitro_pcr16']}")
+    print(f"SEV-SNP HOST_DATA:  {values['snp_host_data']}")
     return 0

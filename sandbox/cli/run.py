@@ -7,7 +7,10 @@ import asyncio
 import sys
 from typing import Any
 
-from sandbox.errors import AuditError, PolicyError
+from sandbox.attestation.provider import PROVIDER_NAMES
+from sandbox.egress.proxy import EgressConfig
+from sandbox.engines.base import EngineStartError
+from sandbox.errors import AttestationError, AuditError, PolicyError
 from sandbox.ingress.upstream import UpstreamTimeouts, parse_upstream
 from sandbox.netaddr import parse_host_port
 from sandbox.policy.loader import load_policy
@@ -48,10 +51,75 @@ def register(commands: Any) -> None:
         type=_duration,
         help="on SIGTERM, wait this long for in-flight requests (default %(default)s)",
     )
+    _register_egress(parser)
+    _register_opa(parser)
+    _register_attestation(parser)
     parser.add_argument(
         "app_command", nargs=argparse.REMAINDER, help="-- APP COMMAND..."
     )
     parser.set_defaults(handler=run_command)
+
+
+def _register_egress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--egress-listen",
+        default="127.0.0.1:3128",
+        type=_address,
+        help="egress proxy the app is pointed at (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-egress",
+        action="store_true",
+        help="run without the egress proxy: the app's outbound traffic is "
+        "then neither checked nor audited",
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="private directory for the egress CA (default: a fresh temporary "
+        "directory, removed on exit)",
+    )
+    parser.add_argument(
+        "--egress-upstream-ca",
+        metavar="PEM",
+        help="also trust this CA for origins, beside the system roots (a "
+        "private PKI; origins are never left unverified)",
+    )
+
+
+def _register_attestation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attestation",
+        choices=PROVIDER_NAMES,
+        help="bind the policy hash into this provider's measurement, serve "
+        "ingress over TLS with a key made at start, and answer "
+        "/.well-known/sandbox/attestation and /policy (simulated: development "
+        "only; clients must opt in to trust it)",
+    )
+
+
+def _register_opa(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--opa-url",
+        help="decide the policy's Rego directions with this OPA server "
+        "(http://HOST:PORT), which is given the bundle's modules and data at "
+        "start; default: the embedded engine",
+    )
+    parser.add_argument(
+        "--opa-timeout",
+        default="1s",
+        type=_duration,
+        help="refuse with 503 when OPA is slower than this (default %(default)s)",
+    )
+
+
+def _egress_config(args: argparse.Namespace) -> EgressConfig | None:
+    if args.no_egress:
+        return None
+    return EgressConfig(
+        listen=args.egress_listen,
+        state_dir=args.state_dir,
+        upstream_ca_file=args.egress_upstream_ca,
+    )
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -93,10 +161,17 @@ def run_command(args: argparse.Namespace) -> int:
         timeouts=UpstreamTimeouts(response=args.upstream_timeout),
         drain_seconds=args.drain_timeout,
         audit_path=args.audit_log,
+        egress=_egress_config(args),
+        opa_url=args.opa_url,
+        opa_timeout=args.opa_timeout,
+        attestation=args.attestation,
     )
     try:
         return asyncio.run(run(policy, options))
     except AuditError as exc:
+        print(f"sandbox run: {exc}", file=sys.stderr)
+        return 2
+    except (EngineStartError, AttestationError) as exc:
         print(f"sandbox run: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -1,9 +1,11 @@
 """``python -m sandbox.demo``: the whole ingress story on loopback, in one go.
 
 Copies the example policy into a temporary folder with a freshly made
-issuer key (the example's published keys have no private half here), runs
-``sandbox run`` in front of the demo app, makes an allowed call and refused
-ones, prints the audit records and verifies the chain, then stops.
+issuer key (the example's published keys have no private half here) and an
+egress section naming two stand-ins for the outside world on loopback: a
+model registry it allows and a paste site it does not. Runs ``sandbox run``
+in front of the demo app, makes an allowed call and refused ones, lets the
+app reach out, prints the audit records and verifies the chain, then stops.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from sandbox.identity.issue import generate_key, issue_token
 
@@ -41,12 +44,53 @@ def _free_port() -> int:
         return port
 
 
-def _prepare_policy(example: Path, workdir: Path) -> tuple[Path, bytes]:
+# The outside world of the demo lives on loopback, which egress refuses by
+# default; this rule opens exactly the registry's address and port.
+DEMO_EGRESS = """\
+egress:
+  default: deny
+  rules:
+    - name: model-registry
+      hosts: ["127.0.0.1"]
+      ports: [{registry_port}]
+      allow_cidrs: [127.0.0.1/32]
+"""
+
+
+def _prepare_policy(
+    example: Path, workdir: Path, registry_port: int
+) -> tuple[Path, bytes]:
     policy = workdir / "policy"
     shutil.copytree(example, policy)
     private_key, jwks = generate_key("ES256")
     (policy / "keys" / "acme.jwks.json").write_text(json.dumps(jwks, indent=2) + "\n")
+    text = (policy / "policy.yaml").read_text()
+    head, _, rest = text.partition("egress:")
+    _, _, tail = rest.partition("audit:")
+    egress = DEMO_EGRESS.format(registry_port=registry_port)
+    (policy / "policy.yaml").write_text(f"{head}{egress}audit:{tail}")
     return policy, private_key
+
+
+async def _outside_world() -> tuple[web.AppRunner, int, int]:
+    """A model registry and a paste site, both on 127.0.0.1."""
+
+    async def weights(_: web.Request) -> web.Response:
+        return web.Response(body=b"\0" * 4096)
+
+    async def upload(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="stored, thank you")
+
+    app = web.Application()
+    app.router.add_get("/weights/{model}", weights)
+    app.router.add_post("/upload", upload)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    registry, paste = _free_port(), _free_port()
+    for port in (registry, paste):
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, registry, paste
 
 
 def _say(text: str = "") -> None:
@@ -91,8 +135,23 @@ async def _call(
         payload: Any = await response.json()
         if "reason" in payload:
             _say(f"   {response.status} {payload['error']} - {payload['reason']}")
+        elif "copy_to_paste_site" in payload:
+            _show_outside_calls(payload)
         else:
             _say(f"   {response.status} - the app answered {payload}")
+
+
+def _show_outside_calls(payload: dict[str, Any]) -> None:
+    weights, leak = payload["weights"], payload["copy_to_paste_site"]
+    _say(
+        f"   the app fetched model weights from the registry: {weights['status']} "
+        f"({weights['bytes']} bytes)"
+    )
+    try:
+        reason = json.loads(leak["answer"])["reason"]
+    except (ValueError, KeyError):
+        reason = leak["answer"]
+    _say(f"   the app's copy of the note to a paste site: {leak['status']} - {reason}")
 
 
 async def _walk_through(base: str, private_key: bytes) -> None:
@@ -140,6 +199,15 @@ async def _walk_through(base: str, private_key: bytes) -> None:
         await _call(
             session, base, "a path trick", "GET", "/v1/%2e%2e/admin/users", clinician
         )
+        await _call(
+            session,
+            base,
+            "the app reaches out: model weights, then a copy of the note",
+            "POST",
+            "/v1/models/m1/predict",
+            clinician,
+            NOTE,
+        )
 
 
 def _show_audit(audit: Path) -> None:
@@ -148,17 +216,21 @@ def _show_audit(audit: Path) -> None:
         record = json.loads(line)
         if record.get("event") != "decision":
             continue
-        who = record.get("sub") or "anonymous"
+        if record.get("direction") == "egress":
+            what = f"app -> {record['host']}:{record['port']}{record.get('path') or ''}"
+        else:
+            what = f"{record['path']} by {record.get('sub') or 'anonymous'}"
         _say(
-            f"  #{record['seq']} {record['decision']:5} {record['status']} "
-            f"{record['method']} {record['path']} by {who} "
-            f"[rule {record['rule']}] prev={record['prev'][:12]}..."
+            f"  #{record['seq']:<2} {record['direction']:7} {record['decision']:5} "
+            f"{record.get('status') or '-':>3} {record.get('method') or 'CONNECT'} "
+            f"{what} [rule {record['rule']}]"
         )
 
 
 async def _run(example: Path, keep: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-demo-"))
-    policy, private_key = _prepare_policy(example, workdir)
+    outside, registry_port, paste_port = await _outside_world()
+    policy, private_key = _prepare_policy(example, workdir, registry_port)
     audit = workdir / "audit.jsonl"
     app_port, port, admin_port = _free_port(), _free_port(), _free_port()
     command = [
@@ -178,12 +250,18 @@ async def _run(example: Path, keep: bool) -> int:
         f"127.0.0.1:{admin_port}",
         "--audit-log",
         str(audit),
+        "--egress-listen",
+        "127.0.0.1:0",
         "--",
         sys.executable,
         "-m",
         "sandbox.demo.app",
         "--port",
         str(app_port),
+        "--registry",
+        f"http://127.0.0.1:{registry_port}",
+        "--paste",
+        f"http://127.0.0.1:{paste_port}",
     ]
     _say(f"Policy {policy} (a copy of {example} with a fresh demo issuer key)")
     hash_output = await _output(
@@ -199,6 +277,7 @@ async def _run(example: Path, keep: bool) -> int:
         if sandbox.returncode is None:
             sandbox.send_signal(signal.SIGTERM)
         status = await sandbox.wait()
+        await outside.cleanup()
     _show_audit(audit)
     verdict = await _output(
         sys.executable, "-m", "sandbox", "audit", "verify", str(audit)

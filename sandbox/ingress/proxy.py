@@ -21,6 +21,8 @@ from yarl import URL
 from sandbox import logfields as f
 from sandbox.audit.chain import utc_timestamp
 from sandbox.audit.log import AuditLog
+from sandbox.engines import DecisionEngine
+from sandbox.engines.yaml_engine import YamlEngine
 from sandbox.errors import AuditError, AuthenticationError, RequestPathError
 from sandbox.identity.verifier import TokenVerifier
 from sandbox.ingress.body import CountingBody
@@ -30,8 +32,11 @@ from sandbox.ingress.headers import (
     upstream_request_headers,
 )
 from sandbox.ingress.refusals import refusal_response
+from sandbox.ingress.wellknown import PREFIX as WELL_KNOWN_PREFIX
+from sandbox.ingress.wellknown import WellKnown
 from sandbox.metrics import Metrics
-from sandbox.policy.decision import Decision, decide_ingress
+from sandbox.policy.decision import Decision
+from sandbox.policy.input_document import header_fields, ingress_document
 from sandbox.policy.inputs import Identity, IngressRequest
 from sandbox.policy.model import Policy
 from sandbox.policy.normalize import RequestTarget, normalize_target
@@ -40,6 +45,8 @@ decision_log = logging.getLogger("sandbox.decision")
 log = logging.getLogger(__name__)
 
 _NO_RULE = "-"
+# The rule named in audit records of the sandbox's own well-known documents.
+WELL_KNOWN_RULE = "well-known"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +85,12 @@ class IngressProxy:
         upstream: URL,
         metrics: Metrics,
         scheme: str = "http",
+        engine: DecisionEngine | None = None,
+        well_known: WellKnown | None = None,
     ) -> None:
         self.policy = policy
+        self.well_known = well_known
+        self.engine = engine or YamlEngine(policy)
         self.verifier = verifier
         self.audit = audit
         self.session = session
@@ -106,15 +117,38 @@ class IngressProxy:
             # also the write that tells us when the log works again.
             reason = "the audit log cannot be written, so no request is served"
             return await self._refuse(exchange, _Refusal(503, reason))
-        refused = self._authenticate_and_decide(request, exchange)
+        if self.well_known is not None and target.path.startswith(WELL_KNOWN_PREFIX):
+            return await self._answer_well_known(exchange, target)
+        refused = await self._authenticate_and_decide(request, exchange, target)
         if refused is None:
             refused = await self._oversized_body_refusal(exchange)
         if refused is not None:
             return await self._refuse(exchange, refused)
         return await self._forward(request, exchange, target)
 
-    def _authenticate_and_decide(
-        self, request: web.BaseRequest, exchange: _Exchange
+    async def _answer_well_known(
+        self, exchange: _Exchange, target: RequestTarget
+    ) -> web.Response:
+        """The sandbox's own documents, before any rule: every client needs them."""
+        assert self.well_known is not None
+        answer = await self.well_known.answer(
+            exchange.method, target.path, target.query
+        )
+        exchange.rule, exchange.reason = WELL_KNOWN_RULE, answer.reason
+        if answer.response is None:
+            refused = await self._refuse(
+                exchange, _Refusal(answer.status, answer.reason)
+            )
+            if answer.retry_after is not None:
+                refused.headers["Retry-After"] = str(answer.retry_after)
+            return refused
+        if not await self._record(exchange, answer.status, allowed=True):
+            return self._audit_unavailable(exchange)
+        answer.response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        return answer.response
+
+    async def _authenticate_and_decide(
+        self, request: web.BaseRequest, exchange: _Exchange, target: RequestTarget
     ) -> _Refusal | None:
         """The refusal to send, or None when the request may go to the app."""
         decided = time.perf_counter()
@@ -123,14 +157,22 @@ class IngressProxy:
         except AuthenticationError as exc:
             self._observe_decision(decided)
             return self._policy_refusal(exchange, _Refusal(401, exc.reason, exc.code))
-        decision = decide_ingress(
-            self.policy.ingress,
-            IngressRequest(
-                exchange.method, exchange.path, exchange.identity, exchange.source
-            ),
+        asked = IngressRequest(
+            exchange.method,
+            exchange.path,
+            exchange.identity,
+            exchange.source,
+            query=target.query,
+            headers=header_fields(request.headers.items()),
+            body_length=request.content_length,
         )
+        decision = await self.engine.decide_ingress(ingress_document(asked))
         self._observe_decision(decided)
         exchange.rule, exchange.reason = decision.rule, decision.reason
+        if decision.unavailable:
+            log.error("decision engine failed: %s", decision.reason)
+            # Even in report mode: a decision nobody could make allows nothing.
+            return _Refusal(503, decision.reason)
         if not decision.allow:
             status = 401 if decision.needs_identity else 403
             refusal = _Refusal(status, decision.reason, "invalid_request")

@@ -24,6 +24,8 @@ class Decision:
     # Refused only because no verified token came with the request (HTTP 401).
     needs_identity: bool = False
     max_body: int | None = None
+    # The decision engine failed or did not answer (HTTP 503): never allow.
+    unavailable: bool = False
 
 
 def decide_ingress(section: IngressSection, request: IngressRequest) -> Decision:

@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 
 from sandbox.errors import PolicyProblem
 from sandbox.identity.keys import ALLOWED_ALGORITHMS
+from sandbox.policy.paths import PathPattern, compile_path_pattern
 from sandbox.policy.source import LocatedDocument
 from sandbox.units import parse_duration, parse_size
 
 T = TypeVar("T")
 
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Names sha256sum prints without escaping, so the hash formula stays simple.
 _BUNDLE_PATH = re.compile(r"^[A-Za-z0-9._+@-][A-Za-z0-9._+@/-]*$")
@@ -131,6 +133,31 @@ class FieldReader:
                     f"unknown algorithm {name!r} (expected one of: {allowed})",
                 )
         return [name for name in names if name in ALLOWED_ALGORITHMS]
+
+    def methods(self, path: str, value: Any, *, allow_any: bool) -> list[str]:
+        """HTTP methods in upper case; ``*`` (any) only where ``allow_any``."""
+        methods = self.strings(path, value)
+        for index, method in enumerate(methods):
+            if (allow_any and method == "*") or _METHOD.match(method):
+                continue
+            hint = (
+                f" (write {method.upper()!r})" if _METHOD.match(method.upper()) else ""
+            )
+            wildcard = ", or '*'" if allow_any else ""
+            self.problem(
+                f"{path}[{index}]",
+                f"{method!r} is not a method: upper-case like 'GET'{wildcard}{hint}",
+            )
+        return methods
+
+    def path_patterns(self, path: str, value: Any) -> tuple[PathPattern, ...]:
+        patterns = []
+        for index, text in enumerate(self.strings(path, value)):
+            try:
+                patterns.append(compile_path_pattern(text))
+            except ValueError as exc:
+                self.problem(f"{path}[{index}]", str(exc))
+        return tuple(patterns)
 
     def unique(self, path: str, values: Sequence[str | None], what: str) -> None:
         seen: set[str] = set()

@@ -22,3 +22,8 @@ class IngressRequest:
     path: str  # normalised once by the ingress adapter
     identity: Identity | None = None
     source: str = ""
+    query: str = ""  # without '?'
+    # Lower-case names, repeated fields joined with ", ", no Authorization
+    # (see sandbox.policy.input_document.header_fields).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body_length: int | None = None  # as announced; None when not announced

@@ -15,6 +15,7 @@ import yaml
 
 from sandbox.errors import PolicyError, PolicyProblem
 from sandbox.policy import bundle
+from sandbox.policy.egress_rules import read_egress_rules
 from sandbox.policy.fields import FieldReader
 from sandbox.policy.model import (
     DEFAULT_AUDIT_PATH,
@@ -27,11 +28,23 @@ from sandbox.policy.model import (
     Issuer,
     Policy,
 )
-from sandbox.policy.rules import read_egress_rules, read_ingress_rules
+from sandbox.policy.rego_section import read_rego_section
+from sandbox.policy.rules import read_ingress_rules
 from sandbox.policy.source import compose_located
 
 SUPPORTED_VERSIONS = (1,)
-_TOP_FIELDS = {"version", "name", "mode", "identity", "ingress", "egress", "audit"}
+_TOP_FIELDS = {
+    "version",
+    "name",
+    "mode",
+    "identity",
+    "ingress",
+    "egress",
+    "audit",
+    "rego",
+}
+# Test cases beside the policy (``sandbox policy test``) are part of the bundle.
+TESTS_FILE = "tests.yaml"
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -85,6 +98,8 @@ def _read_policy(reader: FieldReader, root: Path) -> Policy | None:
     ingress = _read_ingress(reader, top.get("ingress", {}), identity)
     egress = _read_egress(reader, top.get("egress", {}))
     audit = _read_audit(reader, top.get("audit", {}))
+    rego = read_rego_section(reader, top, root)
+    _read_tests_file(reader, root)
     if reader.problems:
         return None
     files = bundle.bundle_files(reader.bundle_contents())
@@ -99,7 +114,13 @@ def _read_policy(reader: FieldReader, root: Path) -> Policy | None:
         root=str(root),
         files=files,
         hash=bundle.bundle_hash(files),
+        rego=rego,
     )
+
+
+def _read_tests_file(reader: FieldReader, root: Path) -> None:
+    if (root / TESTS_FILE).is_file():
+        reader.bundle_reference(TESTS_FILE, TESTS_FILE, root)
 
 
 def _read_identity(reader: FieldReader, value: Any, root: Path) -> IdentityConfig:

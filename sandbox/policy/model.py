@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
 from sandbox.policy.paths import PathPattern
@@ -79,6 +80,26 @@ class EgressRule:
     hosts: tuple[str, ...]  # lower-case punycode; "*.suffix" for subdomains
     ports: tuple[int, ...] = ()  # empty: any port
     line: int | None = None
+    # Empty: any. Naming schemes, methods, paths or a body limit means the
+    # rule must see requests, so TLS to its hosts is intercepted.
+    schemes: frozenset[str] = frozenset()
+    methods: frozenset[str] = frozenset()
+    paths: tuple[PathPattern, ...] = ()
+    max_request_body: int | None = None
+    # Bytes the app may send to one destination (host:port) per window.
+    max_bytes_out: int | None = None
+    bytes_out_window: float = 0.0
+    # Private ranges this rule opens despite block_private_networks.
+    allow_cidrs: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    @property
+    def intercepts(self) -> bool:
+        return bool(
+            self.schemes
+            or self.methods
+            or self.paths
+            or self.max_request_body is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +126,26 @@ class BundleFile:
 
 
 @dataclass(frozen=True, slots=True)
+class RegoModule:
+    """One Rego module: its path in the bundle and the exact text hashed."""
+
+    path: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegoConfig:
+    """Directions decided by Rego, with the modules and data that decide."""
+
+    modules: tuple[RegoModule, ...]
+    # The data files merged into one document (their top-level keys differ),
+    # as JSON text, in the order given.
+    data_paths: tuple[str, ...] = ()
+    data_json: str = "{}"
+    decides: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     name: str
@@ -117,3 +158,5 @@ class Policy:
     root: str = ""
     files: tuple[BundleFile, ...] = field(default_factory=tuple)
     hash: str = ""
+    # None: every direction is decided by the YAML rules.
+    rego: RegoConfig | None = None
