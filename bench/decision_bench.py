@@ -28,18 +28,20 @@ sys.path.insert(0, str(ROOT))
 from sandbox.engines import build_engine  # noqa: E402
 from sandbox.engines.embedded import CompiledRego  # noqa: E402
 from sandbox.engines.yaml_engine import YamlEngine  # noqa: E402
+from sandbox.policy.input_document import ingress_request  # noqa: E402
+from sandbox.policy.inputs import IngressRequest  # noqa: E402
 from sandbox.policy.loader import load_policy  # noqa: E402
 from sandbox.policy.policy_tests import load_cases  # noqa: E402
 from tests.fake_opa import FakeOpa  # noqa: E402
 
-Decide = Callable[[dict[str, Any]], Awaitable[object]]
+Decide = Callable[[IngressRequest], Awaitable[object]]
 
 
-async def timed(decide: Decide, documents: list[dict[str, Any]], n: int) -> list[float]:
+async def timed(decide: Decide, requests: list[IngressRequest], n: int) -> list[float]:
     samples = []
     for index in range(n):
         started = time.perf_counter()
-        await decide(documents[index % len(documents)])
+        await decide(requests[index % len(requests)])
         samples.append((time.perf_counter() - started) * 1e6)
     return samples
 
@@ -66,11 +68,12 @@ async def main(decisions: int) -> None:
     yaml_policy = load_policy(ROOT / "policies/acme-clinical-notes")
     rego_policy = load_policy(ROOT / "policies/acme-clinical-notes-rego")
     documents = [c.document for c in load_cases(yaml_policy) if c.document]
+    requests = [ingress_request(document) for document in documents]
     assert rego_policy.rego is not None
 
     show(
         "yaml (pure functions)",
-        await timed(YamlEngine(yaml_policy).decide_ingress, documents, decisions),
+        await timed(YamlEngine(yaml_policy).decide_ingress, requests, decisions),
     )
     show(
         "rego-cpp evaluate (no thread hop)",
@@ -80,7 +83,7 @@ async def main(decisions: int) -> None:
     await embedded.start()
     show(
         "embedded rego (worker thread)",
-        await timed(embedded.decide_ingress, documents, decisions),
+        await timed(embedded.decide_ingress, requests, decisions),
     )
     await embedded.close()
     opa = FakeOpa()
@@ -89,7 +92,7 @@ async def main(decisions: int) -> None:
     await remote.start()
     show(
         "opa (fake server, loopback)",
-        await timed(remote.decide_ingress, documents, decisions),
+        await timed(remote.decide_ingress, requests, decisions),
     )
     await remote.close()
     await opa.stop()

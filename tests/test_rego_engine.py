@@ -43,18 +43,14 @@ def rego_policy(folder: Path, module: str, header: str = HEADER) -> Policy:
     return load_policy(folder)
 
 
-async def decide(policy: Policy, document: dict[str, Any] | None = None) -> Any:
+async def decide(policy: Policy, request: IngressRequest | None = None) -> Any:
     assert policy.rego is not None
     engine = EmbeddedRegoEngine(policy.rego, workers=1)
     await engine.start()
     try:
-        return await engine.decide_ingress(document or _document())
+        return await engine.decide_ingress(request or IngressRequest("GET", "/a"))
     finally:
         await engine.close()
-
-
-def _document() -> dict[str, Any]:
-    return ingress_document(IngressRequest("GET", "/a"))
 
 
 def test_ingress_document_is_version_1_with_segments_and_no_credentials() -> None:
@@ -276,9 +272,7 @@ async def test_twin_gives_the_reasons_the_yaml_engine_gives() -> None:
     policy = await asyncio.to_thread(load_policy, TWIN)
     identity = Identity("i", "s", {"role": "intern", "groups": ["oncology"]})
 
-    decision = await decide(
-        policy, ingress_document(IngressRequest("POST", "/v1/summarize", identity))
-    )
+    decision = await decide(policy, IngressRequest("POST", "/v1/summarize", identity))
 
     assert decision.reason == (
         "rule 'clinicians-summarize' matches POST /v1/summarize but it needs claim "

@@ -16,6 +16,7 @@ from sandbox.engines.yaml_engine import YamlEngine, egress_target
 from sandbox.policy.decision import Decision
 from sandbox.policy.egress_decision import address_refusal
 from sandbox.policy.input_document import EGRESS, INGRESS
+from sandbox.policy.inputs import IngressRequest
 from sandbox.policy.model import EgressSection, Policy
 
 __all__ = ["DecisionEngine", "SplitEngine", "build_engine"]
@@ -51,8 +52,8 @@ class SplitEngine:
         if self.egress is not self.ingress:
             await self.egress.close()
 
-    async def decide_ingress(self, document: dict[str, Any]) -> Decision:
-        return await self.ingress.decide_ingress(document)
+    async def decide_ingress(self, request: IngressRequest) -> Decision:
+        return await self.ingress.decide_ingress(request)
 
     async def decide_egress(self, document: dict[str, Any]) -> Decision:
         if self.guard is not None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sandbox.policy.decision import Decision
 from sandbox.policy.input_document import EGRESS, INGRESS
+from sandbox.policy.inputs import IngressRequest
 
 # The rule named by denials that no policy rule made.
 ENGINE_RULE = "engine"
@@ -49,7 +50,7 @@ class DecisionEngine(Protocol):
 
     async def close(self) -> None: ...
 
-    async def decide_ingress(self, document: dict[str, Any]) -> Decision: ...
+    async def decide_ingress(self, request: IngressRequest) -> Decision: ...
 
     async def decide_egress(self, document: dict[str, Any]) -> Decision: ...
 

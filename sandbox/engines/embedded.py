@@ -23,7 +23,8 @@ from regopy import rego_shared
 from sandbox.engines.base import read_decision, unavailable
 from sandbox.engines.rego_compile import compile_bundle, entrypoint
 from sandbox.policy.decision import Decision
-from sandbox.policy.input_document import EGRESS, INGRESS
+from sandbox.policy.input_document import EGRESS, INGRESS, ingress_document
+from sandbox.policy.inputs import IngressRequest
 from sandbox.policy.model import RegoConfig
 
 
@@ -78,8 +79,8 @@ class EmbeddedRegoEngine:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def decide_ingress(self, document: dict[str, Any]) -> Decision:
-        return await self._decide(INGRESS, document)
+    async def decide_ingress(self, request: IngressRequest) -> Decision:
+        return await self._decide(INGRESS, ingress_document(request))
 
     async def decide_egress(self, document: dict[str, Any]) -> Decision:
         return await self._decide(EGRESS, document)

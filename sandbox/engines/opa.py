@@ -22,7 +22,8 @@ from yarl import URL
 
 from sandbox.engines.base import EngineStartError, read_decision, unavailable
 from sandbox.policy.decision import Decision
-from sandbox.policy.input_document import EGRESS, INGRESS
+from sandbox.policy.input_document import EGRESS, INGRESS, ingress_document
+from sandbox.policy.inputs import IngressRequest
 from sandbox.policy.model import RegoConfig
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class OpaEngine:
             await self._client.close_connection()
             self._client = None
 
-    async def decide_ingress(self, document: dict[str, Any]) -> Decision:
-        return await self._decide(INGRESS, document)
+    async def decide_ingress(self, request: IngressRequest) -> Decision:
+        return await self._decide(INGRESS, ingress_document(request))
 
     async def decide_egress(self, document: dict[str, Any]) -> Decision:
         return await self._decide(EGRESS, document)

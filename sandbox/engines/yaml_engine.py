@@ -11,7 +11,7 @@ from typing import Any
 from sandbox.policy.addresses import IPAddress
 from sandbox.policy.decision import Decision, decide_ingress
 from sandbox.policy.egress_decision import EgressTarget, decide_egress
-from sandbox.policy.input_document import ingress_request
+from sandbox.policy.inputs import IngressRequest
 from sandbox.policy.model import Policy
 
 
@@ -27,8 +27,8 @@ class YamlEngine:
     async def close(self) -> None:
         return None
 
-    async def decide_ingress(self, document: dict[str, Any]) -> Decision:
-        return decide_ingress(self.policy.ingress, ingress_request(document))
+    async def decide_ingress(self, request: IngressRequest) -> Decision:
+        return decide_ingress(self.policy.ingress, request)
 
     async def decide_egress(self, document: dict[str, Any]) -> Decision:
         target, addresses = egress_target(document)

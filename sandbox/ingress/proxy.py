@@ -36,7 +36,6 @@ from sandbox.ingress.wellknown import PREFIX as WELL_KNOWN_PREFIX
 from sandbox.ingress.wellknown import WellKnown
 from sandbox.metrics import Metrics
 from sandbox.policy.decision import Decision
-from sandbox.policy.input_document import header_fields, ingress_document
 from sandbox.policy.inputs import Identity, IngressRequest
 from sandbox.policy.model import Policy
 from sandbox.policy.normalize import RequestTarget, normalize_target
@@ -163,10 +162,11 @@ class IngressProxy:
             exchange.identity,
             exchange.source,
             query=target.query,
-            headers=header_fields(request.headers.items()),
+            # Copied into an input document only by engines that need one.
+            headers=request.headers,
             body_length=request.content_length,
         )
-        decision = await self.engine.decide_ingress(ingress_document(asked))
+        decision = await self.engine.decide_ingress(asked)
         self._observe_decision(decided)
         exchange.rule, exchange.reason = decision.rule, decision.reason
         if decision.unavailable:

@@ -61,7 +61,7 @@ def ingress_document(request: IngressRequest) -> dict[str, Any]:
             "path": request.path,
             "segments": path_segments(request.path),
             "query": request.query,
-            "headers": dict(request.headers),
+            "headers": header_fields(request.headers.items()),
             "body_length": request.body_length,
         },
         "identity": _identity(request.identity),

@@ -38,6 +38,7 @@ from sandbox.policy.input_document import (
     egress_document,
     header_fields,
     ingress_document,
+    ingress_request,
 )
 from sandbox.policy.inputs import Identity, IngressRequest
 from sandbox.policy.model import Policy
@@ -139,7 +140,7 @@ async def _decide(engine: DecisionEngine, case: TestCase) -> Decision:
         return Decision(False, "-", case.refused)
     if case.direction == EGRESS:
         return await engine.decide_egress(case.document)
-    return await engine.decide_ingress(case.document)
+    return await engine.decide_ingress(ingress_request(case.document))
 
 
 def _describe(allow: bool, rule: str | None, status: int | None) -> str:
