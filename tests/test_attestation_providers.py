@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sandbox.attestation import measure
-from sandbox.attestation.doubles import FakeConfigfs, FakeNsm
 from sandbox.attestation.nitro_verify import NitroExpectations, verify_nitro_document
 from sandbox.attestation.nsm import NSM_IOCTL_REQUEST, NitroProvider
 from sandbox.attestation.provider import make_provider
@@ -29,6 +28,7 @@ from sandbox.errors import (
     ReportRaceError,
     SimulatedRootError,
 )
+from tests.attestation_doubles import FakeConfigfs, FakeNsm
 
 POLICY = "sha256:" + "5a" * 32
 OTHER_POLICY = "sha256:" + "a5" * 32

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from sandbox.attestation.certs import der
-from sandbox.attestation.doubles import DevelopmentAmdKeys
 from sandbox.attestation.snp_certs import (
     ARK_GUID,
     ASK_GUID,
@@ -32,6 +31,7 @@ from sandbox.errors import (
     SignatureError,
     SimulatedRootError,
 )
+from tests.attestation_doubles import DevelopmentAmdKeys
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/attestation"
 SNP = VECTORS / "snp"

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from sandbox.attestation import measure
-from sandbox.cli import policy_test
+from sandbox.cli import policy_explain, policy_schema, policy_test
 from sandbox.errors import PolicyError
 from sandbox.policy.bundle import manifest
 from sandbox.policy.loader import load_policy
@@ -22,6 +22,9 @@ def register(commands: Any) -> None:
     check.add_argument("path", help="a policy file, or the folder holding policy.yaml")
     check.set_defaults(handler=check_command)
     policy_test.register(actions)
+    policy_explain.register(actions)
+    schema = actions.add_parser("schema", help="print the JSON Schema of policy.yaml")
+    schema.set_defaults(handler=policy_schema.schema_command)
 
     hash_ = actions.add_parser("hash", help="print the policy hash clients verify")
     hash_.add_argument("path", help="a policy file, or the folder holding policy.yaml")

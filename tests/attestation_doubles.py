@@ -1,4 +1,4 @@
-"""Device doubles for tests: an NSM and a configfs-tsm "kernel" with AMD keys.
+"""Device doubles for the tests: an NSM and a configfs-tsm "kernel" with AMD keys.
 
 They speak the real formats so the providers run unchanged against them:
 ``FakeNsm`` answers the NSM's CBOR requests and signs Nitro-format

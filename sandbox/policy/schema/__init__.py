@@ -1,0 +1,1 @@
+"""The JSON Schema of the policy format, shipped as package data."""
