@@ -100,7 +100,8 @@ INVALID = [
         "ingress:\n  rules:\n    - name: a\n      paths: [/x]\n      anonymus: true\n",
         [
             "P:14: ingress.rules[0].anonymus: unknown field 'anonymus' (expected "
-            "one of: anonymous, claims, effect, max_body, methods, name, paths)"
+            "one of: anonymous, claims, effect, max_body, methods, name, paths, quota, "
+            "rate)"
         ],
     ),
     (

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from sandbox.attestation import measure
-from sandbox.cli import policy_explain, policy_schema, policy_test
+from sandbox.cli import policy_diff, policy_explain, policy_schema, policy_test
 from sandbox.errors import PolicyError
 from sandbox.policy.bundle import manifest
 from sandbox.policy.loader import load_policy
@@ -23,6 +23,7 @@ def register(commands: Any) -> None:
     check.set_defaults(handler=check_command)
     policy_test.register(actions)
     policy_explain.register(actions)
+    policy_diff.register(actions)
     schema = actions.add_parser("schema", help="print the JSON Schema of policy.yaml")
     schema.set_defaults(handler=policy_schema.schema_command)
 

@@ -31,6 +31,7 @@ from sandbox.ingress.headers import (
     end_to_end,
     upstream_request_headers,
 )
+from sandbox.ingress.limits import CallerLimits
 from sandbox.ingress.refusals import refusal_response
 from sandbox.ingress.wellknown import PREFIX as WELL_KNOWN_PREFIX
 from sandbox.ingress.wellknown import WellKnown
@@ -55,6 +56,7 @@ class _Refusal:
     status: int
     reason: str
     bearer_error: str | None = None
+    retry_after: int | None = None
 
 
 @dataclass
@@ -97,6 +99,7 @@ class IngressProxy:
         self.metrics = metrics
         self.scheme = scheme
         self.report_only = policy.mode == "report"
+        self.limits = CallerLimits(policy.ingress.rules)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         exchange = _Exchange(
@@ -135,12 +138,10 @@ class IngressProxy:
         )
         exchange.rule, exchange.reason = WELL_KNOWN_RULE, answer.reason
         if answer.response is None:
-            refused = await self._refuse(
-                exchange, _Refusal(answer.status, answer.reason)
+            refusal = _Refusal(
+                answer.status, answer.reason, retry_after=answer.retry_after
             )
-            if answer.retry_after is not None:
-                refused.headers["Retry-After"] = str(answer.retry_after)
-            return refused
+            return await self._refuse(exchange, refusal)
         if not await self._record(exchange, answer.status, allowed=True):
             return self._audit_unavailable(exchange)
         answer.response.headers[REQUEST_ID_HEADER] = exchange.request_id
@@ -176,6 +177,12 @@ class IngressProxy:
         if not decision.allow:
             status = 401 if decision.needs_identity else 403
             refusal = _Refusal(status, decision.reason, "invalid_request")
+            return self._policy_refusal(exchange, refusal)
+        over = self.limits.admit(
+            decision.rule, exchange.identity, exchange.source, request.content_length
+        )
+        if over is not None:
+            refusal = _Refusal(429, over.reason, retry_after=over.retry_after)
             return self._policy_refusal(exchange, refusal)
         return self._body_limit_refusal(request, exchange, decision)
 
@@ -242,12 +249,15 @@ class IngressProxy:
         exchange.reason = refusal.reason
         if not await self._record(exchange, refusal.status, allowed=allowed):
             return self._audit_unavailable(exchange)
-        return refusal_response(
+        response = refusal_response(
             refusal.status,
             refusal.reason,
             exchange.request_id,
             bearer_error=refusal.bearer_error,
         )
+        if refusal.retry_after is not None:
+            response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
 
     async def _forward(
         self, request: web.BaseRequest, exchange: _Exchange, target: RequestTarget
@@ -322,6 +332,10 @@ class IngressProxy:
         decision = f.ALLOW if allowed and enforced else f.DENY
         latency_ms = round((time.perf_counter() - exchange.started) * 1000, 3)
         record = self._audit_fields(exchange, decision, enforced, status, latency_ms)
+        if allowed and exchange.body is not None:
+            self.limits.charge(
+                exchange.rule, exchange.identity, exchange.source, exchange.body.count
+            )
         try:
             await self.audit.append(record)
         except AuditError as exc:

@@ -125,6 +125,22 @@ def _ingress_rule(rule: IngressRule) -> str:
     sentence = f"Rule {rule.name!r} allows {what} to {_callers(rule, None)}"
     if rule.max_body is not None:
         sentence += f", with bodies up to {_size(rule.max_body)}"
+    if rule.rate is not None:
+        sentence += (
+            f", at most {rule.rate.per_second:g} requests a second (bursts of "
+            f"{rule.rate.burst:g}) per {rule.rate.key.describe()}"
+        )
+    if rule.quota is not None:
+        quota = rule.quota
+        amount = (
+            f"{quota.limit} requests"
+            if quota.unit == "requests"
+            else (_size(quota.limit))
+        )
+        sentence += (
+            f", at most {amount} per {_duration(quota.window)} per "
+            f"{quota.key.describe()}"
+        )
     return sentence + "."
 
 

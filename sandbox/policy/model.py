@@ -56,6 +56,36 @@ class ClaimCondition:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerKey:
+    """Whose requests a limit counts together."""
+
+    kind: Literal["subject", "source", "claim"]
+    claim: str = ""
+
+    def describe(self) -> str:
+        return f"claim {self.claim!r}" if self.kind == "claim" else self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate: {per_second: 5, burst: 10, key: subject}``."""
+
+    per_second: float
+    burst: float
+    key: CallerKey
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """``quota: {requests: 1000, per: 1d}`` or ``{bytes: 10MiB, per: 1h}``."""
+
+    limit: int
+    unit: Literal["requests", "bytes"]
+    window: float  # seconds
+    key: CallerKey
+
+
+@dataclass(frozen=True, slots=True)
 class IngressRule:
     name: str
     effect: Effect
@@ -64,6 +94,8 @@ class IngressRule:
     anonymous: bool = False
     claims: tuple[ClaimCondition, ...] = ()
     max_body: int | None = None
+    rate: RateLimit | None = None
+    quota: Quota | None = None
     line: int | None = None
 
 

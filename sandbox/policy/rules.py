@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox.policy.fields import FieldReader
+from sandbox.policy.limits import read_quota, read_rate
 from sandbox.policy.model import (
     EFFECTS,
     ClaimCondition,
@@ -24,6 +25,8 @@ _INGRESS_FIELDS = {
     "anonymous",
     "claims",
     "max_body",
+    "rate",
+    "quota",
 }
 
 
@@ -52,6 +55,11 @@ def _read_ingress_rule(
     if "max_body" in item:
         max_body = reader.size(f"{path}.max_body", item["max_body"])
     _check_rule_consistency(reader, path, item, effect, anonymous, claims, identity)
+    rate = quota = None
+    if "rate" in item:
+        rate = read_rate(reader, f"{path}.rate", item["rate"], anonymous)
+    if "quota" in item:
+        quota = read_quota(reader, f"{path}.quota", item["quota"], anonymous)
     return IngressRule(
         name=reader.identifier(f"{path}.name", item.get("name")),
         effect=effect,
@@ -64,6 +72,8 @@ def _read_ingress_rule(
         anonymous=anonymous,
         claims=claims,
         max_body=max_body,
+        rate=rate,
+        quota=quota,
         line=reader.document.line_of(path),
     )
 
@@ -78,7 +88,7 @@ def _check_rule_consistency(
     identity: IdentityConfig,
 ) -> None:
     if effect == "deny":
-        for allow_only in ("anonymous", "max_body"):
+        for allow_only in ("anonymous", "max_body", "rate", "quota"):
             if allow_only in item:
                 reader.problem(f"{path}.{allow_only}", "applies to allow rules only")
     if anonymous and claims:
