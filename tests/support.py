@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,3 +312,15 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def origin_tls(
+    folder: Path, names: Sequence[str]
+) -> tuple[trustme.CA, ssl.SSLContext, Path]:
+    """A CA for test origins, a server context for ``names``, the CA's file."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_tls)
+    ca_file = folder / "origin-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ca, server_tls, ca_file

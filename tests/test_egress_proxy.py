@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.support import (
     TokenFactory,
     client_tls,
     egress_records,
+    origin_tls,
     raw_connect,
     read_response,
     running_origins,
@@ -120,11 +120,7 @@ egress:
 async def world(
     tmp_path: Path, policy_dir: Path, tokens: TokenFactory, app: RecordingApp
 ) -> AsyncIterator[World]:
-    origin_ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    origin_ca.issue_cert(*NAMES).configure_cert(server_tls)
-    ca_file = tmp_path / "origin-ca.pem"
-    origin_ca.cert_pem.write_to_path(str(ca_file))
+    origin_ca, server_tls, ca_file = origin_tls(tmp_path, NAMES)
     models = Origin("127.0.0.2", server_tls, "models")
     api = Origin("127.0.0.3", server_tls, "api")
     plain = Origin("127.0.0.4", None, "plain")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from tests.support import (
     StaticResolver,
     client_tls,
     egress_records,
+    origin_tls,
     raw_connect,
     read_response,
     running_origins,
@@ -85,11 +85,7 @@ class World:
 
 @pytest.fixture
 async def origins(tmp_path: Path) -> AsyncIterator[Origins]:
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*NAMES).configure_cert(server_tls)
-    ca_file = tmp_path / "origin-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    ca, server_tls, ca_file = origin_tls(tmp_path, NAMES)
     models = Origin("127.0.0.2", server_tls, "models")
     api = Origin("127.0.0.3", server_tls, "api")
     plain = Origin("127.0.0.4", None, "plain")
