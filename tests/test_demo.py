@@ -21,6 +21,8 @@ def test_demo_shows_each_decision_and_a_verified_chain() -> None:
 
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
+    assert "Client verified https://127.0.0.1:" in out
+    assert "(as expected)" in out and "checks passed" in out
     assert "200, the app streams its answer:" in out
     assert "401 unauthorized - rule 'clinicians-summarize'" in out
     assert "the token has 'intern'" in out
@@ -28,5 +30,5 @@ def test_demo_shows_each_decision_and_a_verified_chain() -> None:
     assert "the app fetched model weights from the registry: 200" in out
     assert "the app's copy of the note to a paste site: 403 - no rule allows" in out
     assert "egress  deny  403 POST app -> 127.0.0.1:" in out
-    assert "sandbox audit verify: ok: 11 records" in out
+    assert "sandbox audit verify: ok: 14 records" in out
     assert "sandbox run stopped on SIGTERM with status 0" in out

@@ -4,8 +4,10 @@ Copies the example policy into a temporary folder with a freshly made
 issuer key (the example's published keys have no private half here) and an
 egress section naming two stand-ins for the outside world on loopback: a
 model registry it allows and a paste site it does not. Runs ``sandbox run``
-in front of the demo app, makes an allowed call and refused ones, lets the
-app reach out, prints the audit records and verifies the chain, then stops.
+with the simulated attestation provider in front of the demo app; a client
+verifies the evidence, the policy hash and the TLS channel, then makes an
+allowed call and refused ones over that pinned channel; the app reaches
+out; the audit records are printed and the chain verified; then all stops.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from sandbox.client import AttestedClient, Expectations
 from sandbox.identity.issue import generate_key, issue_token
 
 EXAMPLE = Path("policies/acme-clinical-notes")
@@ -113,8 +116,7 @@ async def _wait_ready(admin: str, sandbox: asyncio.subprocess.Process) -> None:
 
 
 async def _call(
-    session: aiohttp.ClientSession,
-    base: str,
+    client: AttestedClient,
     label: str,
     method: str,
     path: str,
@@ -122,9 +124,7 @@ async def _call(
     body: str | None = None,
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with session.request(
-        method, base + path, headers=headers, data=body
-    ) as response:
+    async with client.request(method, path, headers=headers, data=body) as response:
         _say(f"-> {label}: {method} {path}")
         if response.status == 200 and response.content_type == "text/event-stream":
             _say("   200, the app streams its answer:")
@@ -141,6 +141,31 @@ async def _call(
             _say(f"   {response.status} - the app answered {payload}")
 
 
+async def _verify(base: str, policy_hash: str) -> AttestedClient:
+    """What a client does first: check code, rules and channel, then pin it."""
+    expect = Expectations(policy_hash=policy_hash, allow_simulated=True)
+    client = await AttestedClient.connect(base, expect)
+    report = client.report
+    _say(f"Client verified {base} before sending anything:")
+    for check in report.checks:
+        if check.name in (
+            "TLS certificate",
+            "policy bundle",
+            "signature",
+            "nonce",
+            "public_key",
+        ) or check.name.startswith("policy:"):
+            _say(f"   \u2713 {check.name}: {check.detail[:90]}")
+    _say(
+        f"   ({len(report.checks)} checks passed; evidence from the {report.provider} "
+        "provider, development only)"
+    )
+    _say(
+        f"   channel pinned to certificate sha256:{report.certificate_sha256[:16]}...\n"
+    )
+    return client
+
+
 def _show_outside_calls(payload: dict[str, Any]) -> None:
     weights, leak = payload["weights"], payload["copy_to_paste_site"]
     _say(
@@ -154,7 +179,7 @@ def _show_outside_calls(payload: dict[str, Any]) -> None:
     _say(f"   the app's copy of the note to a paste site: {leak['status']} - {reason}")
 
 
-async def _walk_through(base: str, private_key: bytes) -> None:
+async def _walk_through(client: AttestedClient, private_key: bytes) -> None:
     def token(subject: str, **claims: Any) -> str:
         return issue_token(
             private_key,
@@ -167,21 +192,19 @@ async def _walk_through(base: str, private_key: bytes) -> None:
 
     clinician = token("dr-alice", role="clinician", groups=["oncology"])
     intern = token("bob-intern", role="intern", groups=["oncology"])
-    async with aiohttp.ClientSession() as session:
-        await _call(session, base, "anyone may check health", "GET", "/healthz")
+    async with client:
+        await _call(client, "anyone may check health", "GET", "/healthz")
         await _call(
-            session,
-            base,
+            client,
             "an oncology clinician summarises a note",
             "POST",
             "/v1/summarize",
             clinician,
             NOTE,
         )
-        await _call(session, base, "no token", "POST", "/v1/summarize", None, NOTE)
+        await _call(client, "no token", "POST", "/v1/summarize", None, NOTE)
         await _call(
-            session,
-            base,
+            client,
             "a role the policy refuses",
             "POST",
             "/v1/summarize",
@@ -189,19 +212,15 @@ async def _walk_through(base: str, private_key: bytes) -> None:
             NOTE,
         )
         await _call(
-            session,
-            base,
+            client,
             "the admin area, even for a clinician",
             "GET",
             "/admin/users",
             clinician,
         )
+        await _call(client, "a path trick", "GET", "/v1/%2e%2e/admin/users", clinician)
         await _call(
-            session, base, "a path trick", "GET", "/v1/%2e%2e/admin/users", clinician
-        )
-        await _call(
-            session,
-            base,
+            client,
             "the app reaches out: model weights, then a copy of the note",
             "POST",
             "/v1/models/m1/predict",
@@ -252,6 +271,8 @@ async def _run(example: Path, keep: bool) -> int:
         str(audit),
         "--egress-listen",
         "127.0.0.1:0",
+        "--attestation",
+        "simulated",
         "--",
         sys.executable,
         "-m",
@@ -272,7 +293,8 @@ async def _run(example: Path, keep: bool) -> int:
     sandbox = await asyncio.create_subprocess_exec(*command)
     try:
         await _wait_ready(f"http://127.0.0.1:{admin_port}", sandbox)
-        await _walk_through(f"http://127.0.0.1:{port}", private_key)
+        client = await _verify(f"https://127.0.0.1:{port}", hash_output.strip())
+        await _walk_through(client, private_key)
     finally:
         if sandbox.returncode is None:
             sandbox.send_signal(signal.SIGTERM)
