@@ -1,0 +1,241 @@
+"""The enclave image, its entrypoint, pin-values.sh and the compose stack.
+
+No Docker engine or enclave hardware runs here: these tests read what the files
+declare, check the shell scripts' syntax and run pin-values.sh for real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox.attestation.measure import expected_pcr16
+from sandbox.policy.loader import load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "enclave-image"
+DOCKERFILE = IMAGE / "Dockerfile"
+ENTRYPOINT = IMAGE / "entrypoint.sh"
+PIN_VALUES = IMAGE / "pin-values.sh"
+COMPOSE_POLICY = IMAGE / "compose-policy"
+PCRS = {index: f"{index:02x}" * 48 for index in (0, 1, 2)}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def final_stage() -> str:
+    text = DOCKERFILE.read_text()
+    return text[text.index("FROM ${BASE_IMAGE} AS final") :]
+
+
+def instructions(text: str) -> list[str]:
+    """Dockerfile instructions with continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = (line.strip() for line in joined.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_app_is_attached_only_to_an_internal_network(compose: dict[str, Any]) -> None:
+    app_networks = compose["services"]["app"]["networks"]
+
+    assert app_networks == ["internal"]
+    assert compose["networks"]["internal"]["internal"] is True
+    assert compose["networks"]["outside"].get("internal", False) is False
+
+
+def test_sandbox_sits_on_both_networks_and_publishes_ingress(
+    compose: dict[str, Any],
+) -> None:
+    sandbox = compose["services"]["sandbox"]
+
+    assert set(sandbox["networks"]) == {"internal", "outside"}
+    assert sandbox["ports"] == ["8443:8443"]
+    assert sandbox["build"]["dockerfile"] == "enclave-image/Dockerfile"
+    assert sandbox["environment"]["SANDBOX_ATTESTATION"] == "simulated"
+    assert sandbox["environment"]["SANDBOX_UPSTREAM"] == "http://app:8081"
+    assert sandbox["environment"]["SANDBOX_APP_COMMAND"] == ""
+
+
+def test_app_proxy_variables_point_at_the_sandbox_egress_listener(
+    compose: dict[str, Any],
+) -> None:
+    environment = compose["services"]["app"]["environment"]
+    listen = compose["services"]["sandbox"]["environment"]["SANDBOX_EGRESS_LISTEN"]
+    port = listen.rsplit(":", 1)[1]
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        assert (
+            environment[name] == environment[name.lower()] == f"http://sandbox:{port}"
+        )
+    assert environment["NO_PROXY"] == environment["no_proxy"] == ""
+    assert listen == "0.0.0.0:3128"
+
+
+def test_outside_services_are_not_on_the_internal_network(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    subnet = compose["networks"]["outside"]["ipam"]["config"][0]["subnet"]
+    registry_rule = next(
+        rule
+        for rule in load_policy(COMPOSE_POLICY).egress.rules
+        if rule.name == "model-registry"
+    )
+
+    for name in ("registry", "pastebin"):
+        assert set(services[name]["networks"]) == {"outside"}
+    assert [str(cidr) for cidr in registry_rule.allow_cidrs] == [subnet]
+
+
+def test_opa_is_optional_and_the_real_image(compose: dict[str, Any]) -> None:
+    opa = compose["services"]["opa"]
+
+    assert opa["profiles"] == ["opa"]
+    assert opa["image"].split(":")[0] == "openpolicyagent/opa"
+    assert opa["command"][:2] == ["run", "--server"]
+    assert opa["networks"] == ["internal"]
+
+
+def test_final_image_runs_as_a_non_root_user() -> None:
+    users = [
+        line.split()[1]
+        for line in instructions(final_stage())
+        if line.startswith("USER ")
+    ]
+
+    assert users[-1] == "10001:10001"
+    assert "useradd --uid 10001" in final_stage()
+
+
+def test_pip_installs_only_hash_pinned_runtime_locks() -> None:
+    installs = [
+        line
+        for line in instructions(DOCKERFILE.read_text())
+        if re.search(r"\bpip\b.*\binstall\b", line)
+    ]
+
+    assert installs, "the builder installs the locked dependencies"
+    for line in installs:
+        assert "--require-hashes" in line and "--no-deps" in line
+        assert re.search(r"-r \S*requirements\.lock$", line), line
+        assert "requirements-dev.lock" not in line
+
+
+def test_nothing_is_fetched_in_the_final_stage_or_at_start() -> None:
+    fetchers = re.compile(r"\b(curl|wget|pip|apt-get|apk|git|ADD)\b")
+
+    for line in instructions(final_stage()):
+        assert not fetchers.search(line), line
+    for line in instructions(ENTRYPOINT.read_text()):
+        assert not fetchers.search(line), line
+
+
+def test_entrypoint_passes_the_policy_attestation_and_listeners() -> None:
+    text = ENTRYPOINT.read_text()
+
+    assert text.startswith("#!/bin/sh\n") and "set -eu" in text
+    for flag in (
+        '--policy "$policy"',
+        '--attestation "$attestation"',
+        '--egress-listen "$egress_listen"',
+        '--state-dir "$state_dir"',
+        '--audit-log "$audit_log"',
+    ):
+        assert flag in text
+    assert '"${SANDBOX_ATTESTATION:-nitro}"' in text
+    assert '"${SANDBOX_EGRESS_LISTEN:-127.0.0.1:3128}"' in text
+    assert '"${SANDBOX_ADMIN_LISTEN:-127.0.0.1:9901}"' in text
+    assert 'ENTRYPOINT ["/usr/local/bin/sandbox-entrypoint"]' in final_stage()
+
+
+@pytest.mark.parametrize("script", [ENTRYPOINT, PIN_VALUES], ids=lambda p: p.name)
+def test_shell_scripts_parse(script: Path) -> None:
+    result = subprocess.run(
+        ["/bin/bash", "-n", str(script)], capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh here")
+def test_entrypoint_parses_as_posix_sh() -> None:
+    sh = shutil.which("sh") or "sh"
+    result = subprocess.run([sh, "-n", str(ENTRYPOINT)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_pin_values_prints_policy_pcr16_and_nitro_pcrs(tmp_path: Path) -> None:
+    folder = ROOT / "policies/acme-clinical-notes"
+    build_output = tmp_path / "build-enclave.json"
+    measurements = {"HashAlgorithm": "Sha384 { ... }"}
+    measurements.update({f"PCR{index}": value for index, value in PCRS.items()})
+    build_output.write_text(json.dumps({"Measurements": measurements}))
+    policy_hash = load_policy(folder).hash
+
+    result = subprocess.run(
+        [str(PIN_VALUES), str(folder), str(build_output)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    flags = [line for line in result.stdout.splitlines() if line.startswith("--")]
+    assert flags == [
+        f"--policy {policy_hash}",
+        f"--pcr 16={expected_pcr16(policy_hash).hex()}",
+        f"--pcr 0={PCRS[0]}",
+        f"--pcr 1={PCRS[1]}",
+        f"--pcr 2={PCRS[2]}",
+    ]
+    assert policy_hash.removeprefix("sha256:") in result.stdout.splitlines()[2]
+
+
+def test_pin_values_refuses_a_malformed_pcr(tmp_path: Path) -> None:
+    build_output = tmp_path / "build-enclave.json"
+    measurements = {
+        "HashAlgorithm": "Sha384 { ... }",
+        "PCR0": "zz",
+        "PCR1": "",
+        "PCR2": "",
+    }
+    build_output.write_text(json.dumps({"Measurements": measurements}))
+
+    result = subprocess.run(
+        [
+            str(PIN_VALUES),
+            str(ROOT / "policies/acme-clinical-notes"),
+            str(build_output),
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode != 0
+    assert "PCR0 is 'zz', expected 96 hex digits" in result.stderr
+
+
+def test_compose_policy_loads_and_its_cases_pass() -> None:
+    policy = load_policy(COMPOSE_POLICY)
+
+    assert policy.hash.startswith("sha256:")
+    assert "tests.yaml" in [file.path for file in policy.files]
+    result = subprocess.run(
+        [sys.executable, "-m", "sandbox", "policy", "test", str(COMPOSE_POLICY)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failed" in result.stdout
