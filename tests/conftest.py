@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
+from tests.fake_opa import FakeOpa
 from tests.support import RecordingApp, TokenFactory
 
 
@@ -30,6 +31,15 @@ async def app() -> AsyncIterator[RecordingApp]:
     await recording.start()
     yield recording
     await recording.stop()
+
+
+@pytest.fixture
+async def opa() -> AsyncIterator[FakeOpa]:
+    """A stand-in OPA server on loopback (no OPA binary is installable here)."""
+    server = FakeOpa()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

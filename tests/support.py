@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -324,3 +325,34 @@ def origin_tls(
     ca_file = folder / "origin-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return ca, server_tls, ca_file
+
+
+@dataclass
+class EgressView:
+    """A running sandbox seen from its egress side: where the app is sent."""
+
+    sandbox: Sandbox
+
+    @property
+    def proxy(self) -> str:
+        assert self.sandbox.egress is not None
+        return self.sandbox.egress.url
+
+    @property
+    def sandbox_ca(self) -> Path:
+        assert self.sandbox.egress is not None and self.sandbox.egress.files
+        return self.sandbox.egress.files.ca_cert
+
+    def decisions(self) -> list[dict[str, Any]]:
+        return egress_records(self.sandbox.audit_path)
+
+    def ends(self) -> list[dict[str, Any]]:
+        return egress_records(self.sandbox.audit_path, "egress_end")
+
+
+# Real attestation evidence lives beside the checkout, read in place, never
+# copied into the project; tests that need it skip, saying why, without it.
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/attestation"
+needs_vectors = pytest.mark.skipif(
+    not VECTORS.is_dir(), reason=f"real attestation vectors absent: {VECTORS}"
+)

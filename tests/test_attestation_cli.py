@@ -11,13 +11,10 @@ import pytest
 
 from sandbox.attestation.simulated import SimulatedProvider
 from sandbox.cli.main import main
+from tests.support import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/attestation"
 MARLIN = VECTORS / "nitro/marlin"
 GO_SEV = VECTORS / "snp/go-sev-guest"
-needs_vectors = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"real attestation vectors absent: {VECTORS}"
-)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -28,12 +27,10 @@ from sandbox.errors import (
     MeasurementMismatchError,
     SignatureError,
 )
+from tests.support import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/attestation"
 NITRO = VECTORS / "nitro"
-pytestmark = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"real attestation vectors absent: {VECTORS}"
-)
+pytestmark = needs_vectors
 SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 
 

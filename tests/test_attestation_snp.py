@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -32,12 +31,10 @@ from sandbox.errors import (
     SimulatedRootError,
 )
 from tests.attestation_doubles import DevelopmentAmdKeys
+from tests.support import VECTORS, needs_vectors
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/attestation"
 SNP = VECTORS / "snp"
-pytestmark = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"real attestation vectors absent: {VECTORS}"
-)
+pytestmark = needs_vectors
 
 
 def _files(*names: str) -> dict[str, bytes]:

@@ -19,14 +19,13 @@ import pytest
 import trustme
 
 from sandbox.egress.proxy import EgressConfig
-from sandbox.runner import Sandbox
 from tests.support import (
+    EgressView,
     Origin,
     RecordingApp,
     StaticResolver,
     TokenFactory,
     client_tls,
-    egress_records,
     origin_tls,
     raw_connect,
     read_response,
@@ -47,29 +46,12 @@ NAMES = [
 
 
 @dataclass
-class World:
-    sandbox: Sandbox
+class World(EgressView):
     resolver: StaticResolver
     origin_ca: trustme.CA
     models: Origin  # TLS, host rule only: passed through
     api: Origin  # TLS, method and path rules: intercepted
     plain: Origin  # plain HTTP
-
-    @property
-    def proxy(self) -> str:
-        assert self.sandbox.egress is not None
-        return self.sandbox.egress.url
-
-    @property
-    def sandbox_ca(self) -> Path:
-        assert self.sandbox.egress is not None and self.sandbox.egress.files
-        return self.sandbox.egress.files.ca_cert
-
-    def decisions(self) -> list[dict[str, Any]]:
-        return egress_records(self.sandbox.audit_path)
-
-    def ends(self) -> list[dict[str, Any]]:
-        return egress_records(self.sandbox.audit_path, "egress_end")
 
 
 def policy_text(models: int, api: int, plain: int) -> str:

@@ -28,14 +28,13 @@ from sandbox.engines.base import EgressAnswer, read_decision
 from sandbox.errors import PolicyError
 from sandbox.policy.loader import load_policy
 from sandbox.policy.model import Policy
-from sandbox.runner import Sandbox
 from tests.fake_opa import FakeOpa
 from tests.support import (
+    EgressView,
     Origin,
     RecordingApp,
     StaticResolver,
     client_tls,
-    egress_records,
     origin_tls,
     raw_connect,
     read_response,
@@ -65,22 +64,8 @@ class Origins:
 
 
 @dataclass
-class World:
-    sandbox: Sandbox
+class World(EgressView):
     origins: Origins
-
-    @property
-    def proxy(self) -> str:
-        assert self.sandbox.egress is not None
-        return self.sandbox.egress.url
-
-    @property
-    def sandbox_ca(self) -> Path:
-        assert self.sandbox.egress is not None and self.sandbox.egress.files
-        return self.sandbox.egress.files.ca_cert
-
-    def decisions(self) -> list[dict[str, Any]]:
-        return egress_records(self.sandbox.audit_path)
 
 
 @pytest.fixture
@@ -99,14 +84,6 @@ async def origins(tmp_path: Path) -> AsyncIterator[Origins]:
     )
     async with running_origins(models, api, plain):
         yield Origins(ca, ca_file, models, api, plain, resolver)
-
-
-@pytest.fixture
-async def opa() -> AsyncIterator[FakeOpa]:
-    server = FakeOpa()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def example_policy(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,6 @@ def twin_with_test_issuer(folder: Path, tokens: TokenFactory) -> Policy:
 @pytest.fixture
 def policy(tmp_path: Path, tokens: TokenFactory) -> Policy:
     return twin_with_test_issuer(tmp_path / "twin", tokens)
-
-
-@pytest.fixture
-async def opa() -> AsyncIterator[FakeOpa]:
-    server = FakeOpa()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def call(url: str, method: str, path: str, token: str | None = None) -> Any:
