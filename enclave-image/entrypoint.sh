@@ -14,6 +14,8 @@ state_dir="${SANDBOX_STATE_DIR:-/var/lib/sandbox/state}"
 audit_log="${SANDBOX_AUDIT_LOG:-/var/lib/sandbox/audit/decisions.jsonl}"
 app_command="${SANDBOX_APP_COMMAND:-}"
 
+# Arguments given to this script (nitro-entrypoint.sh passes --egress-host and
+# --app-user) are kept, after the flags built here and before the app command.
 set -- run \
     --policy "$policy" \
     --upstream "$upstream" \
@@ -22,7 +24,8 @@ set -- run \
     --egress-listen "$egress_listen" \
     --attestation "$attestation" \
     --state-dir "$state_dir" \
-    --audit-log "$audit_log"
+    --audit-log "$audit_log" \
+    "$@"
 
 if [ -n "${SANDBOX_OPA_URL:-}" ]; then
     set -- "$@" --opa-url "$SANDBOX_OPA_URL"

@@ -6,18 +6,19 @@
     ├── RequestPathError (ValueError)     a request path cannot be normalised
     ├── AuditError (OSError)              the audit log cannot be written
     ├── AuditIntegrityError (ValueError)  an audit log fails verification
-    └── AttestationError                  attestation evidence or its device
-        ├── AttestationVerificationError (ValueError)  evidence is refused
-        │   ├── AttestationFormatError      not a well-formed document/report
-        │   ├── SignatureError              the evidence signature is wrong
-        │   ├── CertificateChainError       the chain to the pinned root fails
-        │   │   └── CertificateExpiredError a certificate is not valid then
-        │   ├── MeasurementMismatchError    a PCR, MEASUREMENT or HOST_DATA differs
-        │   ├── BindingMismatchError        nonce, key, user data or REPORT_DATA
-        │   └── SimulatedRootError          development root without opt-in
-        ├── AttestationDeviceError (OSError)  /dev/nsm, configfs-tsm, sev-guest
-        │   └── ReportRaceError             another writer raced on configfs-tsm
-        └── PolicyBindingError (ValueError)  the platform is bound to other rules
+    ├── AttestationError                  attestation evidence or its device
+    │   ├── AttestationVerificationError (ValueError)  evidence is refused
+    │   │   ├── AttestationFormatError      not a well-formed document/report
+    │   │   ├── SignatureError              the evidence signature is wrong
+    │   │   ├── CertificateChainError       the chain to the pinned root fails
+    │   │   │   └── CertificateExpiredError a certificate is not valid then
+    │   │   ├── MeasurementMismatchError    a PCR, MEASUREMENT or HOST_DATA differs
+    │   │   ├── BindingMismatchError        nonce, key, user data or REPORT_DATA
+    │   │   └── SimulatedRootError          development root without opt-in
+    │   ├── AttestationDeviceError (OSError)  /dev/nsm, configfs-tsm, sev-guest
+    │   │   └── ReportRaceError             another writer raced on configfs-tsm
+    │   └── PolicyBindingError (ValueError)  the platform is bound to other rules
+    └── ConfinementError (OSError)        the app cannot be confined as asked
 
 Library errors (PyYAML, PyJWT, cbor2, cryptography, OSError from files) are
 translated into these at the boundary, with ``raise ... from exc``, so callers
@@ -148,3 +149,7 @@ class ReportRaceError(AttestationDeviceError):
 
 class PolicyBindingError(AttestationError, ValueError):
     """The platform is bound to another policy; the sandbox must not start."""
+
+
+class ConfinementError(SandboxError, OSError):
+    """The app cannot be confined as the operator asked; it is not started."""

@@ -27,6 +27,8 @@ DENY = "deny"
 HOST = "host"
 PORT = "port"
 ADDRESS = "address"
+# declared, resolved or literal: how ADDRESS was found.
+ADDRESS_SOURCE = "address_source"
 SCHEME = "scheme"
 BYTES_OUT = "bytes_out"
 DURATION_MS = "duration_ms"

@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from sandbox.attestation.provider import make_provider
 from sandbox.audit.log import AuditLog
+from sandbox.confine.plan import (
+    ConfineOptions,
+    ConfinePlan,
+    check_supported,
+    launcher_command,
+    plan_for,
+)
 from sandbox.egress.proxy import EgressConfig, EgressProxy
 from sandbox.engines import DecisionEngine, build_engine
 from sandbox.identity.verifier import TokenVerifier
@@ -60,6 +68,7 @@ class RunOptions:
     # the /.well-known/sandbox/ documents; None serves plain HTTP.
     attestation: str | None = None
     attestation_options: dict[str, Any] = field(default_factory=dict)
+    confinement: ConfineOptions = field(default_factory=ConfineOptions)
 
 
 class Sandbox:
@@ -77,6 +86,8 @@ class Sandbox:
             policy, opa_url=options.opa_url, opa_timeout=options.opa_timeout
         )
         self._runners: list[web.BaseRunner] = []
+        self._app_port: int | None = None
+        self._unconfined_reason: str | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
@@ -88,6 +99,12 @@ class Sandbox:
 
     async def _start(self) -> None:
         base_url, socket_path = parse_upstream(self.options.upstream)
+        self._app_port = None if socket_path else base_url.port
+        # Checked before anything listens: a required confinement that this
+        # kernel cannot give stops the start here.
+        self._unconfined_reason = check_supported(
+            self.options.confinement, self.options.egress is not None
+        )
         audit = await AuditLog.open(
             self.audit_path, policy_hash=self.policy.hash, fsync=self.policy.audit.fsync
         )
@@ -168,6 +185,24 @@ class Sandbox:
         await egress.start()
         self.egress = egress
 
+    def confine_plan(self) -> ConfinePlan | None:
+        """How to confine the app; None when it runs unconfined (logged why)."""
+        if self._unconfined_reason is not None or self.egress is None:
+            level = logging.INFO if self._off() else logging.WARNING
+            log.log(level, "the app runs unconfined: %s", self._unconfined_reason)
+            return None
+        confinement = self.options.confinement
+        if confinement.user is not None and self.egress.files is not None:
+            # Traverse only: the app's user may read the trust bundle it is
+            # pointed at, not list the directory or read the 0600 CA key.
+            os.chmod(self.egress.files.directory, 0o711)  # noqa: S103
+        egress_port = URL(self.egress.url).port
+        assert egress_port is not None  # the proxy's URL always names its port
+        return plan_for(confinement, egress_port, self._app_port)
+
+    def _off(self) -> bool:
+        return self.options.confinement.mode == "off"
+
     def app_environment(self) -> dict[str, str]:
         """The environment for the app: ours, plus the egress proxy settings."""
         env = dict(os.environ)
@@ -216,7 +251,9 @@ async def run(policy: Policy, options: RunOptions) -> int:
     try:
         await sandbox.start()
         if options.app_command:
-            app = await _start_app(options.app_command, sandbox.app_environment())
+            app = await _start_app(
+                options.app_command, sandbox.app_environment(), sandbox.confine_plan()
+            )
         return await _wait_for_stop(app)
     finally:
         # Drain first: in-flight requests still need the app.
@@ -227,11 +264,23 @@ async def run(policy: Policy, options: RunOptions) -> int:
 
 
 async def _start_app(
-    command: Sequence[str], env: dict[str, str]
+    command: Sequence[str], env: dict[str, str], plan: ConfinePlan | None
 ) -> asyncio.subprocess.Process:
-    app = await asyncio.create_subprocess_exec(*command, env=env)
+    launched = list(command) if plan is None else launcher_command(plan, command)
+    app = await asyncio.create_subprocess_exec(*launched, env=env)
     log.info("started app (pid %s): %s", app.pid, " ".join(command))
+    if plan is not None:
+        log.info(
+            "app confined: TCP connect to ports %s, bind to ports %s, user %s",
+            _ports(plan.connect_ports),
+            _ports(plan.bind_ports),
+            plan.user or "unchanged",
+        )
     return app
+
+
+def _ports(ports: frozenset[int]) -> str:
+    return ", ".join(str(port) for port in sorted(ports)) or "none"
 
 
 async def _wait_for_stop(app: asyncio.subprocess.Process | None) -> int:

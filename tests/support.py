@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
@@ -348,6 +349,20 @@ class EgressView:
 
     def ends(self) -> list[dict[str, Any]]:
         return egress_records(self.sandbox.audit_path, "egress_end")
+
+
+async def fetch_through(
+    proxy: str, method: str, url: str, **kwargs: Any
+) -> tuple[int, Any]:
+    """One request through the egress proxy: status, and JSON or raw body."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, url, proxy=proxy, **kwargs) as response,
+    ):
+        body = await response.read()
+        if response.content_type == "application/json":
+            return response.status, json.loads(body)
+        return response.status, body
 
 
 # Real attestation evidence lives beside the checkout, read in place, never

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sandbox.confine.plan import unsupported_reason
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +31,13 @@ def test_demo_shows_each_decision_and_a_verified_chain() -> None:
     assert "403 forbidden - rule 'no-admin' denies GET /admin/users" in out
     assert "the app fetched model weights from the registry: 200" in out
     assert "the app's copy of the note to a paste site: 403 - no rule allows" in out
+    if unsupported_reason() is None:
+        assert (
+            "the same copy, bypassing the proxy: cannot connect: Permission denied "
+            "(the kernel's answer: the app is confined to the egress proxy)"
+        ) in out
+    else:
+        assert "this kernel cannot confine the app" in out
     assert "egress  deny  403 POST app -> 127.0.0.1:" in out
     assert "sandbox audit verify: ok: 14 records" in out
     assert "sandbox run stopped on SIGTERM with status 0" in out

@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "enclave-image"
 DOCKERFILE = IMAGE / "Dockerfile"
 ENTRYPOINT = IMAGE / "entrypoint.sh"
+NITRO_ENTRYPOINT = IMAGE / "nitro-entrypoint.sh"
+NITRO_PARENT = IMAGE / "nitro-parent.sh"
 PIN_VALUES = IMAGE / "pin-values.sh"
+SCRIPTS = [ENTRYPOINT, NITRO_ENTRYPOINT, NITRO_PARENT, PIN_VALUES]
+POSIX_SCRIPTS = [ENTRYPOINT, NITRO_ENTRYPOINT, NITRO_PARENT]
 COMPOSE_POLICY = IMAGE / "compose-policy"
 PCRS = {index: f"{index:02x}" * 48 for index in (0, 1, 2)}
 
@@ -35,9 +39,21 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def final_stage() -> str:
+def stages() -> list[str]:
+    """The Dockerfile cut at each FROM, each piece starting with its FROM."""
     text = DOCKERFILE.read_text()
-    return text[text.index("FROM ${BASE_IMAGE} AS final") :]
+    starts = [match.start() for match in re.finditer(r"^FROM ", text, re.M)]
+    return [
+        text[start:end] for start, end in zip(starts, [*starts[1:], None], strict=True)
+    ]
+
+
+def stage(name: str) -> str:
+    return next(piece for piece in stages() if piece.split("\n")[0].endswith(name))
+
+
+def final_stage() -> str:
+    return stage(" AS final")
 
 
 def instructions(text: str) -> list[str]:
@@ -119,6 +135,41 @@ def test_final_image_runs_as_a_non_root_user() -> None:
     assert "useradd --uid 10001" in final_stage()
 
 
+def test_building_without_a_target_still_makes_the_non_root_image() -> None:
+    last = instructions(stages()[-1])
+
+    assert last == ["FROM final AS default"]
+
+
+def test_nitro_target_starts_its_entrypoint_as_root() -> None:
+    nitro = instructions(stage(" AS nitro"))
+
+    assert nitro[0] == "FROM final AS nitro"
+    assert [line for line in nitro if line.startswith("USER ")] == ["USER root"]
+    assert "ENV SANDBOX_EGRESS_BRIDGES=${EGRESS_BRIDGES}" in nitro
+    assert [
+        "COPY",
+        "--chmod=0755",
+        "enclave-image/nitro-entrypoint.sh",
+        "/usr/local/bin/sandbox-nitro-entrypoint",
+    ] in [line.split() for line in nitro]
+    assert nitro[-2:] == [
+        'ENTRYPOINT ["/usr/local/bin/sandbox-nitro-entrypoint"]',
+        "CMD []",
+    ]
+
+
+def test_nitro_target_keeps_the_state_folder_out_of_the_apps_hands() -> None:
+    # The app runs as uid 10001 there, the owner of /var/lib/sandbox in the
+    # final stage: the nitro stage takes the folder back, traverse-only.
+    nitro = instructions(stage(" AS nitro"))
+
+    assert (
+        "RUN chown root:root /var/lib/sandbox && chmod 0711 /var/lib/sandbox" in nitro
+    )
+    assert "--app-user 10001:10001" in NITRO_ENTRYPOINT.read_text()
+
+
 def test_pip_installs_only_hash_pinned_runtime_locks() -> None:
     installs = [
         line
@@ -136,10 +187,11 @@ def test_pip_installs_only_hash_pinned_runtime_locks() -> None:
 def test_nothing_is_fetched_in_the_final_stage_or_at_start() -> None:
     fetchers = re.compile(r"\b(curl|wget|pip|apt-get|apk|git|ADD)\b")
 
-    for line in instructions(final_stage()):
+    for line in instructions(final_stage() + stage(" AS nitro")):
         assert not fetchers.search(line), line
-    for line in instructions(ENTRYPOINT.read_text()):
-        assert not fetchers.search(line), line
+    for script in (ENTRYPOINT, NITRO_ENTRYPOINT):
+        for line in instructions(script.read_text()):
+            assert not fetchers.search(line), line
 
 
 def test_entrypoint_passes_the_policy_attestation_and_listeners() -> None:
@@ -160,7 +212,7 @@ def test_entrypoint_passes_the_policy_attestation_and_listeners() -> None:
     assert 'ENTRYPOINT ["/usr/local/bin/sandbox-entrypoint"]' in final_stage()
 
 
-@pytest.mark.parametrize("script", [ENTRYPOINT, PIN_VALUES], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shell_scripts_parse(script: Path) -> None:
     result = subprocess.run(
         ["/bin/bash", "-n", str(script)], capture_output=True, text=True
@@ -170,11 +222,15 @@ def test_shell_scripts_parse(script: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh here")
-def test_entrypoint_parses_as_posix_sh() -> None:
+@pytest.mark.parametrize("script", POSIX_SCRIPTS, ids=lambda p: p.name)
+def test_entrypoints_parse_as_posix_sh(script: Path) -> None:
     sh = shutil.which("sh") or "sh"
-    result = subprocess.run([sh, "-n", str(ENTRYPOINT)], capture_output=True, text=True)
+    result = subprocess.run([sh, "-n", str(script)], capture_output=True, text=True)
 
     assert result.returncode == 0, result.stderr
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert "set -eu" in script.read_text()
+    assert script.stat().st_mode & 0o111, "executable"
 
 
 def test_pin_values_prints_policy_pcr16_and_nitro_pcrs(tmp_path: Path) -> None:

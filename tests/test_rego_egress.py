@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import trustme
 
@@ -35,6 +34,7 @@ from tests.support import (
     RecordingApp,
     StaticResolver,
     client_tls,
+    fetch_through,
     origin_tls,
     raw_connect,
     read_response,
@@ -163,17 +163,6 @@ async def opa_world(
         yield running
 
 
-async def fetch(world: World, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as client,
-        client.request(method, url, proxy=world.proxy, **kwargs) as response,
-    ):
-        body = await response.read()
-        if response.content_type == "application/json":
-            return response.status, json.loads(body)
-        return response.status, body
-
-
 async def test_allowed_host_passes_tls_through_with_the_origins_certificate(
     world: World,
 ) -> None:
@@ -232,9 +221,11 @@ async def test_intercepted_tunnel_decides_each_request_by_method_and_path(
     base = f"https://api.partner.example:{world.origins.api.port}"
     tls = client_tls(world.sandbox_ca)  # the sandbox CA only: intercepted
 
-    allowed = await fetch(world, "POST", f"{base}/v1/reports/7", ssl=tls)
-    wrong_method = await fetch(world, "GET", f"{base}/v1/reports/7", ssl=tls)
-    wrong_path = await fetch(world, "POST", f"{base}/v2/other", ssl=tls)
+    allowed = await fetch_through(world.proxy, "POST", f"{base}/v1/reports/7", ssl=tls)
+    wrong_method = await fetch_through(
+        world.proxy, "GET", f"{base}/v1/reports/7", ssl=tls
+    )
+    wrong_path = await fetch_through(world.proxy, "POST", f"{base}/v2/other", ssl=tls)
 
     assert allowed[0] == 200 and allowed[1]["origin"] == "api"
     assert wrong_method[0] == 403 and wrong_path[0] == 403
@@ -257,7 +248,7 @@ async def test_intercepted_tunnel_decides_each_request_by_method_and_path(
 
 async def test_plain_request_is_decided_once_with_its_request(world: World) -> None:
     url = f"http://plain.example.com:{world.origins.plain.port}/hello?x=1"
-    status, body = await fetch(world, "GET", url)
+    status, body = await fetch_through(world.proxy, "GET", url)
 
     assert status == 200 and body["origin"] == "plain"
     record = world.decisions()[-1]
@@ -295,7 +286,9 @@ async def test_opa_gets_the_documented_input_for_tunnel_and_requests(
     url = f"{base}/v1/reports/7?draft=1"
     headers = {"X-Trace": "t1", "Authorization": "Bearer secret"}
 
-    status, _ = await fetch(opa_world, "POST", url, ssl=tls, headers=headers)
+    status, _ = await fetch_through(
+        opa_world.proxy, "POST", url, ssl=tls, headers=headers
+    )
 
     assert status == 200
     documents = [body["input"] for path, body in opa.queries if "egress" in path]
@@ -305,6 +298,7 @@ async def test_opa_gets_the_documented_input_for_tunnel_and_requests(
         "host": "api.partner.example",
         "port": opa_world.origins.api.port,
         "addresses": ["127.0.0.3"],
+        "declared": False,
     }
     assert tunnel["request"] is None
     assert request["destination"]["scheme"] == "https"

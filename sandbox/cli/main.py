@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from sandbox import __version__
-from sandbox.cli import attestation, audit, policy, run, token, verify
+from sandbox.cli import attestation, audit, bridge, policy, run, token, verify
 
-COMMAND_GROUPS = (run, verify, policy, token, audit, attestation)
+COMMAND_GROUPS = (run, verify, policy, token, audit, attestation, bridge)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,14 +8,26 @@ import sys
 from typing import Any
 
 from sandbox.attestation.provider import PROVIDER_NAMES
+from sandbox.confine.launcher import port_argument, user_argument
+from sandbox.confine.plan import MODES, ConfineOptions
+from sandbox.egress.declared import declared_hosts, parse_declared_host
 from sandbox.egress.proxy import EgressConfig
 from sandbox.engines.base import EngineStartError
-from sandbox.errors import AttestationError, AuditError, PolicyError
+from sandbox.errors import (
+    AttestationError,
+    AuditError,
+    ConfinementError,
+    PolicyError,
+)
 from sandbox.ingress.upstream import UpstreamTimeouts, parse_upstream
 from sandbox.netaddr import parse_host_port
+from sandbox.policy.addresses import IPAddress
 from sandbox.policy.loader import load_policy
 from sandbox.runner import RunOptions, run
 from sandbox.units import parse_duration
+
+# Where the enclave is real, the app must not have another way out.
+HARDWARE_PROVIDERS = ("nitro", "sev-snp")
 
 
 def register(commands: Any) -> None:
@@ -54,6 +66,7 @@ def register(commands: Any) -> None:
     _register_egress(parser)
     _register_opa(parser)
     _register_attestation(parser)
+    _register_confinement(parser)
     parser.add_argument(
         "app_command", nargs=argparse.REMAINDER, help="-- APP COMMAND..."
     )
@@ -84,6 +97,17 @@ def _register_egress(parser: argparse.ArgumentParser) -> None:
         help="also trust this CA for origins, beside the system roots (a "
         "private PKI; origins are never left unverified)",
     )
+    parser.add_argument(
+        "--egress-host",
+        action=_DeclareHost,
+        dest="egress_hosts",
+        metavar="NAME=IP",
+        type=_declared_host,
+        help="the egress proxy connects to IP for NAME without resolving it, "
+        "still deciding by NAME and verifying TLS for NAME; IP is not refused "
+        "as a private address; meant for bridged destinations such as a "
+        "Nitro enclave's vsock bridges on loopback (repeatable)",
+    )
 
 
 def _register_attestation(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +118,55 @@ def _register_attestation(parser: argparse.ArgumentParser) -> None:
         "ingress over TLS with a key made at start, and answer "
         "/.well-known/sandbox/attestation and /policy (simulated: development "
         "only; clients must opt in to trust it)",
+    )
+
+
+def _register_confinement(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--confine-app",
+        choices=MODES,
+        help="confine the started app so the egress proxy is its only way out "
+        "(Landlock and seccomp: TCP connect only to the egress port, bind only "
+        "to the app's port, no UDP, vsock or raw sockets, no signals to the "
+        "sandbox); required: refuse to start where the kernel cannot; auto: "
+        "warn and run unconfined there. Default: required with nitro or "
+        "sev-snp attestation, else auto",
+    )
+    parser.add_argument(
+        "--app-user",
+        type=user_argument,
+        metavar="UID:GID",
+        help="run the app as this user and group (the sandbox must be root), "
+        "so it cannot read or change the sandbox's files",
+    )
+    parser.add_argument(
+        "--app-connect-port",
+        type=port_argument,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="also let the confined app make TCP connections to this port "
+        "(any address; repeatable)",
+    )
+    parser.add_argument(
+        "--app-bind-port",
+        type=port_argument,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="also let the confined app listen on this TCP port (repeatable)",
+    )
+
+
+def _confinement(args: argparse.Namespace) -> ConfineOptions:
+    mode = args.confine_app
+    if mode is None:
+        mode = "required" if args.attestation in HARDWARE_PROVIDERS else "auto"
+    return ConfineOptions(
+        mode=mode,
+        user=args.app_user,
+        extra_connect_ports=frozenset(args.app_connect_port),
+        extra_bind_ports=frozenset(args.app_bind_port),
     )
 
 
@@ -119,7 +192,34 @@ def _egress_config(args: argparse.Namespace) -> EgressConfig | None:
         listen=args.egress_listen,
         state_dir=args.state_dir,
         upstream_ca_file=args.egress_upstream_ca,
+        hosts=args.egress_hosts or {},
     )
+
+
+def _declared_host(text: str) -> tuple[str, IPAddress]:
+    try:
+        return parse_declared_host(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+class _DeclareHost(argparse.Action):
+    """Gathers --egress-host into one mapping; a name given twice is an error
+    here, where argparse still exits 2 with the message."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        hosts = dict(getattr(namespace, self.dest, None) or {})
+        try:
+            hosts = declared_hosts([*hosts.items(), values])
+        except ValueError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        setattr(namespace, self.dest, hosts)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -165,13 +265,14 @@ def run_command(args: argparse.Namespace) -> int:
         opa_url=args.opa_url,
         opa_timeout=args.opa_timeout,
         attestation=args.attestation,
+        confinement=_confinement(args),
     )
     try:
         return asyncio.run(run(policy, options))
     except AuditError as exc:
         print(f"sandbox run: {exc}", file=sys.stderr)
         return 2
-    except (EngineStartError, AttestationError) as exc:
+    except (EngineStartError, AttestationError, ConfinementError) as exc:
         print(f"sandbox run: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

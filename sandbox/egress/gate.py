@@ -10,6 +10,10 @@ up. Where Rego decides egress (``engine``), the name is looked up once, a
 blocked address is refused by the sandbox, and the engine is asked with the
 addresses in the input document. An engine that failed, raised or did not
 answer refuses with 503, never allows.
+
+A name the operator declared (``hosts``) is never looked up: its declared
+address is used, and private ranges are no reason to refuse it. The rules
+or the engine still decide by name.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sandbox.egress.budget import ByteBudgets
+from sandbox.egress.declared import DECLARED, LITERAL, RESOLVED
 from sandbox.egress.records import Exchange, Recorder
 from sandbox.egress.resolver import Resolver
 from sandbox.engines.base import DecisionEngine, EgressAnswer, unavailable
@@ -57,6 +62,7 @@ class EgressGate:
         budgets: ByteBudgets,
         resolve_timeout: float = 5.0,
         engine: DecisionEngine | None = None,
+        hosts: Mapping[str, IPAddress] | None = None,
     ) -> None:
         self.section = section
         # None: the section's YAML rules decide.
@@ -65,6 +71,8 @@ class EgressGate:
         self.recorder = recorder
         self.budgets = budgets
         self.resolve_timeout = resolve_timeout
+        # Canonical name -> the address the operator declared for it.
+        self.hosts = dict(hosts or {})
 
     async def admit(
         self,
@@ -81,6 +89,7 @@ class EgressGate:
         """
         started = time.perf_counter()
         exchange.bytes_out = announced or 0
+        target = self._sourced(exchange, target)
         if self.recorder.audit.healthy:
             refusal = await self._decide(exchange, target, pinned, announced)
         else:
@@ -154,10 +163,25 @@ class EgressGate:
             return self._refused(exchange, Refusal(503, answer.reason))
         return self._apply(exchange, _from_answer(answer, target, addresses[0]))
 
+    def _sourced(self, exchange: Exchange, target: EgressTarget) -> EgressTarget:
+        """``target``, marked when declared; the exchange told how its address
+        is found."""
+        if parse_ip_literal(target.host) is not None:
+            # An address equal to a declared one is still only a literal.
+            exchange.address_source = LITERAL
+            return target
+        if target.host in self.hosts:
+            exchange.address_source = DECLARED
+            return replace(target, declared=True)
+        exchange.address_source = RESOLVED
+        return target
+
     async def _addresses(self, target: EgressTarget) -> list[IPAddress]:
         literal = parse_ip_literal(target.host)
         if literal is not None:
             return [literal]
+        if target.declared:
+            return [self.hosts[target.host]]
         async with asyncio.timeout(self.resolve_timeout):
             return await self.resolver.resolve(target.host, target.port)
 
@@ -213,6 +237,7 @@ def _document(target: EgressTarget, addresses: Sequence[IPAddress]) -> dict[str,
         path=target.path,
         query=target.query,
         headers=target.headers,
+        declared=target.declared,
     )
 
 

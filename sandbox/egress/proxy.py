@@ -16,7 +16,8 @@ import asyncio
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from mitmproxy import options
 
@@ -30,6 +31,7 @@ with warnings.catch_warnings():
 from sandbox.audit.log import AuditLog
 from sandbox.egress.addon import EgressAddon
 from sandbox.egress.budget import ByteBudgets
+from sandbox.egress.declared import normalised_hosts
 from sandbox.egress.gate import EgressGate
 from sandbox.egress.records import Recorder
 from sandbox.egress.resolver import Resolver, SystemResolver
@@ -37,6 +39,7 @@ from sandbox.egress.state import DEFAULT_SYSTEM_ROOTS, EgressFiles, prepare_stat
 from sandbox.engines.base import DecisionEngine
 from sandbox.metrics import Metrics
 from sandbox.netaddr import format_url
+from sandbox.policy.addresses import IPAddress
 from sandbox.policy.input_document import EGRESS
 from sandbox.policy.model import Policy
 
@@ -55,6 +58,13 @@ class EgressConfig:
     # One more CA to trust for origins (a private PKI, or tests).
     upstream_ca_file: str | None = None
     resolver: Resolver | None = None
+    # Name -> address to connect to without looking the name up (a bridge
+    # where there is no DNS); see sandbox.egress.declared.
+    hosts: Mapping[str, IPAddress] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Canonical names, so "Models.Example.COM." is the name rules see.
+        self.hosts = normalised_hosts(self.hosts)
 
 
 class EgressProxy:
@@ -81,6 +91,7 @@ class EgressProxy:
             Recorder(audit, metrics),
             ByteBudgets(),
             engine=engine if rego else None,
+            hosts=config.hosts,
         )
         self.files: EgressFiles | None = None
         self.url = ""

@@ -41,6 +41,8 @@ class Exchange:
     method: str | None = None
     path: str | None = None
     address: IPAddress | None = None
+    # How the address is found: declared, resolved or literal (see the gate).
+    address_source: str | None = None
     allowed: bool = False
     rule: str = NO_RULE
     reason: str = ""
@@ -79,13 +81,14 @@ class Recorder:
         ).inc()
         decision_log.info(
             "decision request_id=%s direction=%s host=%s port=%s address=%s "
-            "method=%s path=%s decision=%s rule=%s status=%s latency_ms=%s "
-            "reason=%r",
+            "address_source=%s method=%s path=%s decision=%s rule=%s status=%s "
+            "latency_ms=%s reason=%r",
             exchange.request_id,
             f.DIRECTION_EGRESS,
             exchange.host,
             exchange.port,
             exchange.address,
+            exchange.address_source,
             exchange.method,
             exchange.path,
             decision,
@@ -133,6 +136,7 @@ def _decision_fields(
         f.HOST: exchange.host,
         f.PORT: exchange.port,
         f.ADDRESS: str(exchange.address) if exchange.address else None,
+        f.ADDRESS_SOURCE: exchange.address_source,
         f.SCHEME: exchange.scheme,
         f.METHOD: exchange.method,
         f.PATH: exchange.path,

@@ -4,7 +4,8 @@
 Rego where ``rego.decides`` names the direction (embedded, or the OPA
 server at ``opa_url``), the YAML rules elsewhere. Where Rego decides egress,
 the sandbox still refuses private and special addresses before Rego is
-asked, unless the policy sets ``egress.block_private_networks: false``.
+asked, unless the policy sets ``egress.block_private_networks: false`` or
+the operator declared the address (``destination.declared``).
 """
 
 from __future__ import annotations

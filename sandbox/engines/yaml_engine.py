@@ -48,6 +48,7 @@ def egress_target(
         scheme=destination.get("scheme"),
         method=request.get("method"),
         path=request.get("path"),
+        declared=destination.get("declared") is True,
     )
     addresses = [ipaddress.ip_address(a) for a in destination["addresses"]]
     return target, addresses

@@ -10,7 +10,9 @@ looked up in DNS (a lookup alone can leak data):
 2. :func:`check_addresses` takes the resolved addresses and keeps the first
    allow rule under which every address may be reached: with
    ``block_private_networks`` a private or special address is refused
-   unless the rule's ``allow_cidrs`` opens it.
+   unless the rule's ``allow_cidrs`` opens it. A declared destination
+   (its address set by the operator, see ``sandbox.egress.declared``) skips
+   this check; its rules still decide by name.
 
 Deny rules override allow rules. Every decision names its rule (or
 ``default``) and a reason a person can read.
@@ -38,6 +40,8 @@ class EgressTarget:
     # For decision engines that read the whole request; the YAML rules do not.
     query: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    # The operator declared the address: private ranges are no reason to refuse.
+    declared: bool = False
 
     @property
     def is_request(self) -> bool:
@@ -108,7 +112,7 @@ def check_addresses(
     what = target.describe()
     first_refusal: EgressDecision | None = None
     for rule in selection.candidates:
-        blocked = _blocked_address(section, rule, addresses)
+        blocked = _blocked_address(section, rule, target, addresses)
         if blocked is None:
             return _allowed(rule, target, selection, addresses[0], what)
         first_refusal = first_refusal or EgressDecision(
@@ -116,7 +120,7 @@ def check_addresses(
         )
     if first_refusal is not None:
         return first_refusal
-    blocked = _blocked_address(section, None, addresses)
+    blocked = _blocked_address(section, None, target, addresses)
     if blocked is not None:
         return EgressDecision(False, DEFAULT_RULE, f"{what} is refused: {blocked}")
     reason = f"no rule matches {what}; default allows"
@@ -136,12 +140,13 @@ def address_refusal(
     """The sandbox's own refusal of ``addresses``, whatever the rules say.
 
     Where Rego decides egress there are no rules to open a range, so with
-    ``block_private_networks`` every private or special address is refused.
+    ``block_private_networks`` every private or special address is refused,
+    unless the operator declared it for the destination.
     """
     if not addresses:
         reason = f"{_shown_host(target.host)} has no address to connect to"
         return EgressDecision(False, DEFAULT_RULE, reason)
-    blocked = _blocked_address(section, None, addresses)
+    blocked = _blocked_address(section, None, target, addresses)
     if blocked is None:
         return None
     reason = (
@@ -196,10 +201,11 @@ def _request_matches(rule: EgressRule, target: EgressTarget) -> bool:
 def _blocked_address(
     section: EgressSection,
     rule: EgressRule | None,
+    target: EgressTarget,
     addresses: Sequence[IPAddress],
 ) -> str | None:
     """Why one of ``addresses`` may not be reached under ``rule``, or None."""
-    if not section.block_private_networks:
+    if not section.block_private_networks or target.declared:
         return None
     opened = rule.allow_cidrs if rule is not None else ()
     for address in addresses:

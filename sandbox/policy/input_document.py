@@ -12,7 +12,7 @@ One JSON document for both directions and both engines, described by
 Egress::
 
     {"version": 1, "direction": "egress",
-     "destination": {"scheme", "host", "port", "addresses"},
+     "destination": {"scheme", "host", "port", "addresses", "declared"},
      "request": null | {"method", "path", "segments", "query", "headers"}}
 
 ``path`` is the normalised path; ``segments`` splits it after the leading
@@ -79,11 +79,14 @@ def egress_document(
     path: str | None = None,
     query: str = "",
     headers: Iterable[tuple[str, str]] = (),
+    declared: bool = False,
 ) -> dict[str, Any]:
     """The egress document; ``request`` is null until a request is seen.
 
     ``addresses`` are the resolved addresses (``ipaddress`` objects or
-    text), which the policy checks before any connection is made.
+    text), which the policy checks before any connection is made; with
+    ``declared`` they are the one address the operator declared for the
+    host, never looked up.
     """
     request = None
     if method is not None:
@@ -103,6 +106,7 @@ def egress_document(
             "host": host,
             "port": port,
             "addresses": [str(address) for address in addresses],
+            "declared": declared,
         },
         "request": request,
     }

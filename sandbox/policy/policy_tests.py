@@ -48,7 +48,7 @@ from sandbox.policy.source import compose_located
 TESTS_FILE = "tests.yaml"
 _CASE_FIELDS = {"name", "direction", "request", "identity", "destination", "expect"}
 _REQUEST_FIELDS = {"method", "path", "headers", "body_length", "source"}
-_DESTINATION_FIELDS = {"scheme", "host", "port", "addresses"}
+_DESTINATION_FIELDS = {"scheme", "host", "port", "addresses", "declared"}
 _IDENTITY_FIELDS = {"issuer", "subject", "claims"}
 _EXPECT_FIELDS = {"allow", "rule", "status", "max_body"}
 _STATUSES = (401, 403, 503)
@@ -253,6 +253,9 @@ def _egress_case(
         headers=_read_headers(
             reader, f"{path}.request.headers", (request or {}).get("headers", {})
         ).items(),
+        declared=reader.boolean(
+            f"{where}.declared", destination.get("declared", False)
+        ),
     )
 
 

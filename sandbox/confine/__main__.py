@@ -1,0 +1,5 @@
+import sys
+
+from sandbox.confine.launcher import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""``python -m sandbox.confine [OPTIONS] -- COMMAND...``: confine, then exec.
+
+Exit status 126 (the shell's "cannot execute") when a step fails: the
+command is never run less confined than asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from sandbox.confine import landlock, seccomp
+from sandbox.confine.plan import AppUser, ConfinePlan
+
+CANNOT_CONFINE = 126
+_PR_SET_PDEATHSIG = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.confine",
+        description="Run COMMAND confined: only the listed TCP ports, only "
+        "unix, netlink-route and TCP sockets, no signals to the outside.",
+    )
+    parser.add_argument(
+        "--connect-port",
+        type=port_argument,
+        action="append",
+        default=[],
+        metavar="PORT",
+    )
+    parser.add_argument(
+        "--bind-port", type=port_argument, action="append", default=[], metavar="PORT"
+    )
+    parser.add_argument("--user", type=user_argument, metavar="UID:GID")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("sandbox confine: no command to run", file=sys.stderr)
+        return 2
+    plan = ConfinePlan(
+        connect_ports=frozenset(args.connect_port),
+        bind_ports=frozenset(args.bind_port),
+        user=args.user,
+    )
+    try:
+        confine(plan)
+    except OSError as exc:
+        print(f"sandbox confine: {exc}; {command[0]!r} not started", file=sys.stderr)
+        return CANNOT_CONFINE
+    try:
+        # The operator's own command, as `sandbox run -- COMMAND` was given it.
+        os.execvp(command[0], command)  # noqa: S606
+    except OSError as exc:
+        print(f"sandbox confine: cannot execute {command[0]!r}: {exc}", file=sys.stderr)
+        return CANNOT_CONFINE
+
+
+def confine(plan: ConfinePlan) -> None:
+    """Apply ``plan`` to this process, all of it or raise OSError."""
+    arch = seccomp.native_architecture()
+    if arch is None:
+        raise OSError("seccomp filters are built for x86_64 and aarch64 only")
+    parent = os.getppid()
+    if plan.user is not None:
+        _become(plan.user)
+    # After the user change, which clears it: the app must not outlive the
+    # sandbox that mediates its traffic. The signal follows the thread that
+    # forked us, the sandbox's event-loop thread, which lives as long as it.
+    _die_with_parent(parent)
+    seccomp.set_no_new_privs()
+    rules = landlock.NetworkRules(plan.connect_ports, plan.bind_ports)
+    landlock.restrict_self(rules, landlock.abi_version())
+    seccomp.install(seccomp.socket_filter(arch))
+
+
+def _become(user: AppUser) -> None:
+    if os.geteuid() != 0:
+        raise OSError(
+            f"running the app as {user} needs root; this process is uid {os.geteuid()}"
+        )
+    os.setgroups([])
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL)) != 0:
+        raise OSError(ctypes.get_errno(), "cannot set the parent-death signal")
+    if os.getppid() != parent:
+        raise OSError("the sandbox exited while the app was being started")
+
+
+def port_argument(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
+    return int(text)
+
+
+def user_argument(text: str) -> AppUser:
+    try:
+        return AppUser.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -1,0 +1,399 @@
+"""The confined app: the kernel, not the app's goodwill, keeps it behind egress."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.confine import seccomp
+from sandbox.confine.plan import (
+    AppUser,
+    ConfineOptions,
+    ConfinePlan,
+    check_supported,
+    launcher_command,
+    plan_for,
+)
+from sandbox.confine.plan import unsupported_reason as kernel_unsupported_reason
+from sandbox.errors import ConfinementError
+from tests.support import (
+    Origin,
+    TokenFactory,
+    egress_records,
+    free_port,
+    running_origins,
+    write_policy,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ["-m", "tests.apps.confined_probe"]
+UNSUPPORTED = kernel_unsupported_reason()
+needs_confinement = pytest.mark.skipif(
+    UNSUPPORTED is not None, reason=f"this kernel cannot confine: {UNSUPPORTED}"
+)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+
+# Ways out that are refused whatever ports the plan allows.
+ALWAYS_REFUSED = {
+    "udp": "EACCES",
+    "udp6": "EACCES",
+    "vsock": "EACCES",
+    "sctp": "EACCES",
+    "packet": "EACCES",
+    "bind_other_port": "EACCES",
+    "io_uring": "ENOSYS",
+    "signal_parent": "EPERM",
+}
+ALWAYS_ALLOWED = {"unix": "ok", "tcp": "ok", "tcp6": "ok"}
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can write to (pytest's tmp_path is root-only)."""
+    directory = Path(tempfile.mkdtemp(prefix="sandbox-confine-"))
+    directory.chmod(0o777)
+    yield directory
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+
+
+def run_probe(prefix: list[str], result: Path, origin_port: int) -> dict[str, str]:
+    completed = subprocess.run(
+        [*prefix, sys.executable, *PROBE, str(result), str(origin_port), "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    loaded: dict[str, str] = json.loads(result.read_text())
+    return loaded
+
+
+def launcher(*options: str) -> list[str]:
+    return [sys.executable, "-m", "sandbox.confine", *options, "--"]
+
+
+@needs_confinement
+async def test_unconfined_probe_gets_out_every_way(tmp_path: Path) -> None:
+    # The control: without the launcher the same probe reaches everything, so
+    # the refusals below are the launcher's doing.
+    async with running_origins(Origin("127.0.0.1")) as (origin,):
+        results = await asyncio.to_thread(
+            run_probe, [], tmp_path / "r.json", origin.port
+        )
+
+    assert results["udp"] == "ok" and results["direct_connect"] == "ok"
+    assert results["bind_other_port"] == "ok" and results["signal_parent"] == "ok"
+
+
+@needs_confinement
+async def test_launcher_allows_the_listed_port_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    async with running_origins(Origin("127.0.0.1")) as (origin,):
+        prefix = launcher("--connect-port", str(origin.port))
+        results = await asyncio.to_thread(
+            run_probe, prefix, tmp_path / "r.json", origin.port
+        )
+
+    assert results["direct_connect"] == "ok"
+    for name, expected in {**ALWAYS_REFUSED, **ALWAYS_ALLOWED}.items():
+        assert results[name] == expected, name
+
+
+@needs_confinement
+async def test_launcher_refuses_tcp_connect_to_unlisted_ports(tmp_path: Path) -> None:
+    async with running_origins(Origin("127.0.0.1")) as (origin,):
+        prefix = launcher("--connect-port", str(free_port()))
+        results = await asyncio.to_thread(
+            run_probe, prefix, tmp_path / "r.json", origin.port
+        )
+
+    assert results["direct_connect"] == "EACCES"
+
+
+@needs_confinement
+@needs_root
+def test_launcher_runs_the_app_as_its_own_user() -> None:
+    script = "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status"
+    completed = subprocess.run(
+        [*launcher("--user", "65534:65534"), "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+    assert completed.stdout.split() == ["65534", "65534", "65534", "NoNewPrivs:", "1"]
+
+
+def test_launcher_refuses_root_as_the_app_user() -> None:
+    completed = subprocess.run(
+        [*launcher("--user", "0:0"), "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert completed.returncode == 2
+    assert "the app's user must not be root, got '0:0'" in completed.stderr
+
+
+@needs_confinement
+def test_launcher_reports_a_command_it_cannot_execute() -> None:
+    completed = subprocess.run(
+        [*launcher(), "/nonexistent/app"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert completed.returncode == 126
+    assert "cannot execute '/nonexistent/app'" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1000", "expected UID:GID in numbers, got '1000'"),
+        ("app:app", "expected UID:GID in numbers, got 'app:app'"),
+        ("1000:0", "the app's user must not be root, got '1000:0'"),
+    ],
+)
+def test_app_user_must_be_numeric_and_not_root(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AppUser.parse(text)
+
+
+def test_plan_allows_the_egress_port_and_the_apps_own_port() -> None:
+    options = ConfineOptions(
+        user=AppUser(10001, 10001),
+        extra_connect_ports=frozenset({5432}),
+        extra_bind_ports=frozenset({9000}),
+    )
+
+    plan = plan_for(options, egress_port=3128, app_port=8081)
+
+    assert plan == ConfinePlan(
+        frozenset({3128, 5432}), frozenset({8081, 9000}), AppUser(10001, 10001)
+    )
+    assert launcher_command(plan, ["app", "--port", "8081"])[2:] == [
+        "sandbox.confine",
+        "--connect-port",
+        "3128",
+        "--connect-port",
+        "5432",
+        "--bind-port",
+        "8081",
+        "--bind-port",
+        "9000",
+        "--user",
+        "10001:10001",
+        "--",
+        "app",
+        "--port",
+        "8081",
+    ]
+
+
+def test_unix_socket_upstream_leaves_no_tcp_port_to_bind() -> None:
+    plan = plan_for(ConfineOptions(), egress_port=3128, app_port=None)
+
+    assert plan.bind_ports == frozenset()
+
+
+def test_required_confinement_without_egress_refuses_to_start() -> None:
+    with pytest.raises(ConfinementError, match="there is no egress proxy"):
+        check_supported(ConfineOptions(mode="required"), has_egress=False)
+
+
+def test_auto_confinement_without_egress_says_why_it_is_skipped() -> None:
+    reason = check_supported(ConfineOptions(mode="auto"), has_egress=False)
+
+    assert reason is not None and "--no-egress" in reason
+
+
+def test_app_user_needs_the_confinement_it_is_part_of() -> None:
+    options = ConfineOptions(mode="off", user=AppUser(10001, 10001))
+
+    with pytest.raises(ConfinementError, match="--app-user 10001:10001"):
+        check_supported(options, has_egress=True)
+
+
+def test_required_confinement_on_a_kernel_without_it_names_the_way_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel's answer is the only thing replaced: this machine has Landlock.
+    monkeypatch.setattr(
+        "sandbox.confine.plan.unsupported_reason", lambda: "no Landlock here"
+    )
+
+    with pytest.raises(ConfinementError) as raised:
+        check_supported(ConfineOptions(mode="required"), has_egress=True)
+
+    assert str(raised.value) == (
+        "the app must be confined (--confine-app required) but no Landlock "
+        "here; pass --confine-app auto to run it unconfined"
+    )
+
+
+@pytest.mark.parametrize("machine", sorted(seccomp.ARCHITECTURES))
+def test_seccomp_program_is_well_formed(machine: str) -> None:
+    program = seccomp.socket_filter(seccomp.ARCHITECTURES[machine])
+    instructions = list(struct.iter_unpack("=HBBI", program))
+
+    assert 0 < len(instructions) < 64
+    # Every path ends in a return: the last instruction is one.
+    assert instructions[-1][0] == 0x06
+    jumps = [
+        (index, then, otherwise)
+        for index, (code, then, otherwise, _) in enumerate(instructions)
+        if code & 0x07 == 0x05
+    ]
+    assert jumps
+    for index, then, otherwise in jumps:
+        # Forward, and onto an instruction that exists.
+        assert index + 1 + max(then, otherwise) < len(instructions)
+
+
+# Through `sandbox run`: the app is confined to the egress proxy it was given.
+
+EGRESS_POLICY = """\
+egress:
+  default: deny
+  rules:
+    - name: origin
+      hosts: ["127.0.0.1"]
+      ports: [{port}]
+      allow_cidrs: [127.0.0.1/32]
+"""
+
+
+def sandbox_run(policy: Path, audit: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "run",
+        "--policy",
+        str(policy),
+        "--upstream",
+        f"http://127.0.0.1:{free_port()}",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--audit-log",
+        str(audit),
+        "--egress-listen",
+        "127.0.0.1:0",
+        *extra,
+    ]
+
+
+def run_sandboxed_probe(
+    command: list[str], python: str, result: Path, origin_port: int
+) -> tuple[dict[str, str], str]:
+    probe = [python, *PROBE, str(result), str(origin_port), "1"]
+    completed = subprocess.run(
+        [*command, "--", *probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # The app exits once it has written its findings; the sandbox follows.
+    assert completed.returncode == 1, completed.stderr
+    return json.loads(result.read_text()), completed.stderr
+
+
+@needs_confinement
+async def test_sandboxed_app_reaches_the_outside_only_through_egress(
+    policy_dir: Path, tokens: TokenFactory, tmp_path: Path
+) -> None:
+    async with running_origins(Origin("127.0.0.1")) as (origin,):
+        body = EGRESS_POLICY.format(port=origin.port)
+        await asyncio.to_thread(write_policy, policy_dir, body, tokens.jwks)
+        audit = tmp_path / "audit.jsonl"
+        command = sandbox_run(policy_dir, audit, "--confine-app", "required")
+        results, stderr = await asyncio.to_thread(
+            run_sandboxed_probe,
+            command,
+            sys.executable,
+            tmp_path / "r.json",
+            origin.port,
+        )
+
+    assert results["via_proxy"] == "ok"
+    assert results["direct_connect"] == "EACCES"
+    for name, expected in {**ALWAYS_REFUSED, **ALWAYS_ALLOWED}.items():
+        assert results[name] == expected, name
+    assert [r["decision"] for r in egress_records(audit)] == ["allow"]
+    assert "app confined: TCP connect to ports" in stderr
+
+
+@needs_confinement
+@needs_root
+async def test_sandboxed_app_as_its_own_user_cannot_read_the_egress_ca_key(
+    policy_dir: Path, tokens: TokenFactory, tmp_path: Path, shared_dir: Path
+) -> None:
+    body = EGRESS_POLICY.format(port=1)
+    await asyncio.to_thread(write_policy, policy_dir, body, tokens.jwks)
+    command = sandbox_run(
+        policy_dir, tmp_path / "audit.jsonl", "--app-user", "65534:65534"
+    )
+    # The project's interpreter lives under /root, which uid 65534 cannot
+    # enter; the probe needs only the standard library.
+    system_python = "/usr/bin/python3"
+    if not os.access(system_python, os.X_OK):
+        pytest.skip("no /usr/bin/python3 for the unprivileged app")
+
+    results, _ = await asyncio.to_thread(
+        run_sandboxed_probe, command, system_python, shared_dir / "r.json", 1
+    )
+
+    assert results["uid"] == 65534
+    assert results["read_trust_bundle"] == "ok"
+    assert results["read_ca_key"] == "EACCES"
+    assert results["signal_parent"] == "EPERM"
+
+
+def test_run_refuses_app_user_with_confinement_off(
+    policy_dir: Path, tokens: TokenFactory, tmp_path: Path
+) -> None:
+    write_policy(policy_dir, EGRESS_POLICY.format(port=1), tokens.jwks)
+    command = sandbox_run(
+        policy_dir,
+        tmp_path / "audit.jsonl",
+        "--confine-app",
+        "off",
+        "--app-user",
+        "1000:1000",
+    )
+
+    completed = subprocess.run(
+        [*command, "--", "true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 2
+    assert "--app-user 1000:1000 is applied by the confinement" in completed.stderr
