@@ -35,7 +35,7 @@ from sandbox.bridge.endpoints import (
     parse_pair,
 )
 from sandbox.bridge.relay import Relay, RelayOptions
-from sandbox.bridge.user import parse_user
+from sandbox.users import UserIds
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,9 +94,9 @@ def test_bad_pairs_say_what_was_expected(text: str, message: str) -> None:
 
 
 def test_users_are_numeric_pairs() -> None:
-    assert parse_user("65534:65534").uid == 65534
+    assert UserIds.parse("65534:65534").uid == 65534
     with pytest.raises(ValueError, match="expected UID:GID as numbers"):
-        parse_user("nobody")
+        UserIds.parse("nobody")
 
 
 # --- the relay, in process ---------------------------------------------------

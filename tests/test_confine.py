@@ -16,7 +16,6 @@ import pytest
 
 from sandbox.confine import seccomp
 from sandbox.confine.plan import (
-    AppUser,
     ConfineOptions,
     ConfinePlan,
     check_supported,
@@ -25,6 +24,7 @@ from sandbox.confine.plan import (
 )
 from sandbox.confine.plan import unsupported_reason as kernel_unsupported_reason
 from sandbox.errors import ConfinementError
+from sandbox.users import UserIds
 from tests.support import (
     Origin,
     TokenFactory,
@@ -67,14 +67,15 @@ def shared_dir() -> Iterator[Path]:
     directory.rmdir()
 
 
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def run_probe(prefix: list[str], result: Path, origin_port: int) -> dict[str, str]:
-    completed = subprocess.run(
-        [*prefix, sys.executable, *PROBE, str(result), str(origin_port), "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    completed = run(
+        [*prefix, sys.executable, *PROBE, str(result), str(origin_port), "1"]
     )
     assert completed.returncode == 0, completed.stderr
     loaded: dict[str, str] = json.loads(result.read_text())
@@ -128,39 +129,22 @@ async def test_launcher_refuses_tcp_connect_to_unlisted_ports(tmp_path: Path) ->
 @needs_root
 def test_launcher_runs_the_app_as_its_own_user() -> None:
     script = "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status"
-    completed = subprocess.run(
-        [*launcher("--user", "65534:65534"), "/bin/sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    completed = run([*launcher("--user", "65534:65534"), "/bin/sh", "-c", script])
+    assert completed.returncode == 0, completed.stderr
 
     assert completed.stdout.split() == ["65534", "65534", "65534", "NoNewPrivs:", "1"]
 
 
 def test_launcher_refuses_root_as_the_app_user() -> None:
-    completed = subprocess.run(
-        [*launcher("--user", "0:0"), "true"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    completed = run([*launcher("--user", "0:0"), "true"])
 
     assert completed.returncode == 2
-    assert "the app's user must not be root, got '0:0'" in completed.stderr
+    assert "expected a user other than root, got '0:0'" in completed.stderr
 
 
 @needs_confinement
 def test_launcher_reports_a_command_it_cannot_execute() -> None:
-    completed = subprocess.run(
-        [*launcher(), "/nonexistent/app"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    completed = run([*launcher(), "/nonexistent/app"])
 
     assert completed.returncode == 126
     assert "cannot execute '/nonexistent/app'" in completed.stderr
@@ -169,19 +153,19 @@ def test_launcher_reports_a_command_it_cannot_execute() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("1000", "expected UID:GID in numbers, got '1000'"),
-        ("app:app", "expected UID:GID in numbers, got 'app:app'"),
-        ("1000:0", "the app's user must not be root, got '1000:0'"),
+        ("1000", "expected UID:GID as numbers, e.g. 65534:65534, got '1000'"),
+        ("app:app", "got 'app:app'"),
+        ("1000:0", "expected a user other than root, got '1000:0'"),
     ],
 )
 def test_app_user_must_be_numeric_and_not_root(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        AppUser.parse(text)
+        UserIds.parse(text)
 
 
 def test_plan_allows_the_egress_port_and_the_apps_own_port() -> None:
     options = ConfineOptions(
-        user=AppUser(10001, 10001),
+        user=UserIds(10001, 10001),
         extra_connect_ports=frozenset({5432}),
         extra_bind_ports=frozenset({9000}),
     )
@@ -189,7 +173,7 @@ def test_plan_allows_the_egress_port_and_the_apps_own_port() -> None:
     plan = plan_for(options, egress_port=3128, app_port=8081)
 
     assert plan == ConfinePlan(
-        frozenset({3128, 5432}), frozenset({8081, 9000}), AppUser(10001, 10001)
+        frozenset({3128, 5432}), frozenset({8081, 9000}), UserIds(10001, 10001)
     )
     assert launcher_command(plan, ["app", "--port", "8081"])[2:] == [
         "sandbox.confine",
@@ -228,7 +212,7 @@ def test_auto_confinement_without_egress_says_why_it_is_skipped() -> None:
 
 
 def test_app_user_needs_the_confinement_it_is_part_of() -> None:
-    options = ConfineOptions(mode="off", user=AppUser(10001, 10001))
+    options = ConfineOptions(mode="off", user=UserIds(10001, 10001))
 
     with pytest.raises(ConfinementError, match="--app-user 10001:10001"):
         check_supported(options, has_egress=True)
@@ -309,14 +293,7 @@ def run_sandboxed_probe(
     command: list[str], python: str, result: Path, origin_port: int
 ) -> tuple[dict[str, str], str]:
     probe = [python, *PROBE, str(result), str(origin_port), "1"]
-    completed = subprocess.run(
-        [*command, "--", *probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run([*command, "--", *probe])
     # The app exits once it has written its findings; the sandbox follows.
     assert completed.returncode == 1, completed.stderr
     return json.loads(result.read_text()), completed.stderr
@@ -386,14 +363,7 @@ def test_run_refuses_app_user_with_confinement_off(
         "1000:1000",
     )
 
-    completed = subprocess.run(
-        [*command, "--", "true"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run([*command, "--", "true"])
 
     assert completed.returncode == 2
     assert "--app-user 1000:1000 is applied by the confinement" in completed.stderr

@@ -19,10 +19,11 @@ import sys
 from sandbox.bridge.endpoints import BridgePair, parse_pair
 from sandbox.bridge.loopback import bring_up
 from sandbox.bridge.relay import Relay, RelayOptions
-from sandbox.bridge.user import User, drop_to, parse_user
-from sandbox.units import parse_duration
+from sandbox.cli import arguments
+from sandbox.users import UserIds, switch_to
 
 log = logging.getLogger("sandbox.bridge")
+_pair = arguments.argument_type(parse_pair)
 
 EXIT_STOPPED = 0
 EXIT_REFUSED = 2
@@ -41,7 +42,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "when listening). Example: vsock:any:8443=tcp:127.0.0.1:8443.",
     )
     bridge.add_argument(
-        "pairs", metavar="PAIR", nargs="+", type=_pair, help="LISTEN=CONNECT"
+        "pairs",
+        metavar="PAIR",
+        nargs="+",
+        type=arguments.argument_type(parse_pair),
+        help="LISTEN=CONNECT",
     )
     bridge.add_argument(
         "--loopback-up",
@@ -50,20 +55,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     bridge.add_argument(
         "--user",
-        type=_user,
+        type=arguments.user,
         metavar="UID:GID",
         help="switch to this user once listening (needs root)",
     )
     bridge.add_argument(
         "--max-connections",
-        type=_positive,
+        type=arguments.count,
         default=256,
         metavar="N",
         help="per pair; more are closed at once (default 256)",
     )
     bridge.add_argument(
         "--connect-timeout",
-        type=_duration,
+        type=arguments.duration,
         default=5.0,
         metavar="DURATION",
         help="for each connection to CONNECT (default 5s)",
@@ -82,11 +87,10 @@ def bridge_command(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
 
 
-def _check_start(user: User | None, loopback_up: bool) -> None:
+def _check_start(user: UserIds | None, loopback_up: bool) -> None:
     if user is not None and os.geteuid() != 0:
         raise _BridgeError(
-            f"--user {user.uid}:{user.gid} expects to start as root, "
-            f"started as uid {os.geteuid()}"
+            f"--user {user} expects to start as root, started as uid {os.geteuid()}"
         )
     if not loopback_up:
         return
@@ -98,7 +102,7 @@ def _check_start(user: User | None, loopback_up: bool) -> None:
 
 
 async def _bridge(
-    pairs: list[BridgePair], options: RelayOptions, user: User | None
+    pairs: list[BridgePair], options: RelayOptions, user: UserIds | None
 ) -> int:
     relays = [Relay(pair, options) for pair in pairs]
     try:
@@ -124,11 +128,11 @@ async def _bind_all(relays: list[Relay]) -> None:
             ) from exc
 
 
-def _become(user: User) -> None:
+def _become(user: UserIds) -> None:
     try:
-        drop_to(user)
+        switch_to(user)
     except OSError as exc:
-        raise _BridgeError(f"--user {user.uid}:{user.gid}: {exc}") from exc
+        raise _BridgeError(f"--user {user}: {exc}") from exc
     log.info("now running as uid %d gid %d", user.uid, user.gid)
 
 
@@ -143,33 +147,3 @@ async def _until_signalled() -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("stopping: no new connections, open ones get a short grace")
-
-
-def _pair(text: str) -> BridgePair:
-    try:
-        return parse_pair(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _user(text: str) -> User:
-    try:
-        return parse_user(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _duration(text: str) -> float:
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
-    return seconds
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from sandbox.attestation.provider import PROVIDER_NAMES
-from sandbox.confine.launcher import port_argument, user_argument
+from sandbox.cli import arguments
 from sandbox.confine.plan import MODES, ConfineOptions
 from sandbox.egress.declared import declared_hosts, parse_declared_host
 from sandbox.egress.proxy import EgressConfig
@@ -21,13 +21,12 @@ from sandbox.errors import (
 )
 from sandbox.ingress.upstream import UpstreamTimeouts, parse_upstream
 from sandbox.netaddr import parse_host_port
-from sandbox.policy.addresses import IPAddress
 from sandbox.policy.loader import load_policy
 from sandbox.runner import RunOptions, run
-from sandbox.units import parse_duration
 
 # Where the enclave is real, the app must not have another way out.
 HARDWARE_PROVIDERS = ("nitro", "sev-snp")
+_address = arguments.argument_type(parse_host_port)
 
 
 def register(commands: Any) -> None:
@@ -54,13 +53,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--upstream-timeout",
         default="30s",
-        type=_duration,
+        type=arguments.duration,
         help="504 when the app is slower than this to answer (default %(default)s)",
     )
     parser.add_argument(
         "--drain-timeout",
         default="15s",
-        type=_duration,
+        type=arguments.duration,
         help="on SIGTERM, wait this long for in-flight requests (default %(default)s)",
     )
     _register_egress(parser)
@@ -102,7 +101,7 @@ def _register_egress(parser: argparse.ArgumentParser) -> None:
         action=_DeclareHost,
         dest="egress_hosts",
         metavar="NAME=IP",
-        type=_declared_host,
+        type=arguments.argument_type(parse_declared_host),
         help="the egress proxy connects to IP for NAME without resolving it, "
         "still deciding by NAME and verifying TLS for NAME; IP is not refused "
         "as a private address; meant for bridged destinations such as a "
@@ -134,14 +133,14 @@ def _register_confinement(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--app-user",
-        type=user_argument,
+        type=arguments.user,
         metavar="UID:GID",
         help="run the app as this user and group (the sandbox must be root), "
         "so it cannot read or change the sandbox's files",
     )
     parser.add_argument(
         "--app-connect-port",
-        type=port_argument,
+        type=arguments.port,
         action="append",
         default=[],
         metavar="PORT",
@@ -150,7 +149,7 @@ def _register_confinement(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--app-bind-port",
-        type=port_argument,
+        type=arguments.port,
         action="append",
         default=[],
         metavar="PORT",
@@ -180,7 +179,7 @@ def _register_opa(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opa-timeout",
         default="1s",
-        type=_duration,
+        type=arguments.duration,
         help="refuse with 503 when OPA is slower than this (default %(default)s)",
     )
 
@@ -194,13 +193,6 @@ def _egress_config(args: argparse.Namespace) -> EgressConfig | None:
         upstream_ca_file=args.egress_upstream_ca,
         hosts=args.egress_hosts or {},
     )
-
-
-def _declared_host(text: str) -> tuple[str, IPAddress]:
-    try:
-        return parse_declared_host(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 class _DeclareHost(argparse.Action):
@@ -220,27 +212,6 @@ class _DeclareHost(argparse.Action):
         except ValueError as exc:
             parser.error(f"argument {option_string}: {exc}")
         setattr(namespace, self.dest, hosts)
-
-
-def _address(text: str) -> tuple[str, int]:
-    try:
-        return parse_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _duration(text: str) -> float:
-    try:
-        return _positive(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _positive(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"expected a duration above zero, got {text!r}")
-    return value
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from sandbox.cli import arguments
 from sandbox.confine import landlock, seccomp
-from sandbox.confine.plan import AppUser, ConfinePlan
+from sandbox.confine.plan import ConfinePlan
+from sandbox.users import switch_to
 
 CANNOT_CONFINE = 126
 _PR_SET_PDEATHSIG = 1
@@ -28,15 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--connect-port",
-        type=port_argument,
+        type=arguments.port,
         action="append",
         default=[],
         metavar="PORT",
     )
     parser.add_argument(
-        "--bind-port", type=port_argument, action="append", default=[], metavar="PORT"
+        "--bind-port", type=arguments.port, action="append", default=[], metavar="PORT"
     )
-    parser.add_argument("--user", type=user_argument, metavar="UID:GID")
+    parser.add_argument("--user", type=arguments.user, metavar="UID:GID")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
@@ -72,7 +74,7 @@ def confine(plan: ConfinePlan) -> None:
         raise OSError("seccomp filters are built for x86_64 and aarch64 only")
     parent = os.getppid()
     if plan.user is not None:
-        _become(plan.user)
+        switch_to(plan.user)
     # After the user change, which clears it: the app must not outlive the
     # sandbox that mediates its traffic. The signal follows the thread that
     # forked us, the sandbox's event-loop thread, which lives as long as it.
@@ -83,32 +85,9 @@ def confine(plan: ConfinePlan) -> None:
     seccomp.install(seccomp.socket_filter(arch))
 
 
-def _become(user: AppUser) -> None:
-    if os.geteuid() != 0:
-        raise OSError(
-            f"running the app as {user} needs root; this process is uid {os.geteuid()}"
-        )
-    os.setgroups([])
-    os.setresgid(user.gid, user.gid, user.gid)
-    os.setresuid(user.uid, user.uid, user.uid)
-
-
 def _die_with_parent(parent: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL)) != 0:
         raise OSError(ctypes.get_errno(), "cannot set the parent-death signal")
     if os.getppid() != parent:
         raise OSError("the sandbox exited while the app was being started")
-
-
-def port_argument(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
-    return int(text)
-
-
-def user_argument(text: str) -> AppUser:
-    try:
-        return AppUser.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -8,35 +8,16 @@ from dataclasses import dataclass
 
 from sandbox.confine import landlock, seccomp
 from sandbox.errors import ConfinementError
+from sandbox.users import UserIds
 
 MODES = ("required", "auto", "off")
-
-
-@dataclass(frozen=True, slots=True)
-class AppUser:
-    uid: int
-    gid: int
-
-    @classmethod
-    def parse(cls, text: str) -> AppUser:
-        """``UID:GID``, both numeric (names would need the image's passwd)."""
-        uid, sep, gid = text.partition(":")
-        if not (sep and uid.isdigit() and gid.isdigit()):
-            raise ValueError(f"expected UID:GID in numbers, got {text!r}")
-        user = cls(int(uid), int(gid))
-        if user.uid == 0 or user.gid == 0:
-            raise ValueError(f"the app's user must not be root, got {text!r}")
-        return user
-
-    def __str__(self) -> str:
-        return f"{self.uid}:{self.gid}"
 
 
 @dataclass(frozen=True, slots=True)
 class ConfinePlan:
     connect_ports: frozenset[int]
     bind_ports: frozenset[int]
-    user: AppUser | None = None
+    user: UserIds | None = None
 
 
 def unsupported_reason() -> str | None:
@@ -70,7 +51,7 @@ class ConfineOptions:
     """What the operator asked: ``mode`` is one of MODES."""
 
     mode: str = "auto"
-    user: AppUser | None = None
+    user: UserIds | None = None
     extra_connect_ports: frozenset[int] = frozenset()
     extra_bind_ports: frozenset[int] = frozenset()
 
