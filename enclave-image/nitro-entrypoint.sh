@@ -37,62 +37,35 @@ fail() {
     exit 2
 }
 
-# is_number VALUE MAX: a decimal 1..MAX without leading zeros.
-is_number() {
-    case "$1" in
-        '' | *[!0-9]* | 0* | ???????????*) return 1 ;;
-    esac
-    [ "$1" -le "$2" ]
-}
+# Beside this script in the image, and in the repository.
+. "$(dirname "$0")/egress-bridges.sh"
 
 is_number "$ingress_port" 4294967294 || fail "SANDBOX_VSOCK_INGRESS_PORT:" \
     "expected a vsock port 1-4294967294, got '$ingress_port'"
 
+entries=$(egress_bridges "$bridges")
 bridge_pairs="vsock:any:$ingress_port=tcp:127.0.0.1:8443"
 host_flags=""
-seen=" "
 index=0
-# Entries are split on blanks and never globbed.
-set -f
-for entry in $bridges; do
-    expected="expected HOST:PORT=VSOCKPORT, e.g. models.example.com:443=8001"
-    case "$entry" in
-        *:*=*) ;;
-        *) fail "SANDBOX_EGRESS_BRIDGES: $expected, got '$entry'" ;;
-    esac
-    target="${entry%%=*}"
-    vsock_port="${entry#*=}"
-    host="${target%:*}"
-    port="${target##*:}"
-    case "$host" in
-        '' | *[!A-Za-z0-9.-]*)
-            fail "SANDBOX_EGRESS_BRIDGES: $expected (HOST a DNS name), got '$entry'" ;;
-    esac
-    is_number "$port" 65535 ||
-        fail "SANDBOX_EGRESS_BRIDGES: expected PORT 1-65535 in '$entry', got '$port'"
-    is_number "$vsock_port" 4294967294 || fail "SANDBOX_EGRESS_BRIDGES:" \
-        "expected VSOCKPORT 1-4294967294 in '$entry', got '$vsock_port'"
+while read -r host port vsock_port; do
+    [ -n "$host" ] || continue
     # The confined app may connect to the egress proxy's port on any address:
     # a bridge listener on that port would be a way around the proxy.
     [ "$port" != "$egress_port" ] || fail "SANDBOX_EGRESS_BRIDGES: expected" \
-        "a PORT other than the egress proxy's ($egress_port), got '$entry'"
-    case "$seen" in
-        *" $host "*)
-            fail "SANDBOX_EGRESS_BRIDGES: expected each HOST once, got '$host' twice" ;;
-        *" =$vsock_port "*) fail "SANDBOX_EGRESS_BRIDGES:" \
-            "expected each VSOCKPORT once, got '$vsock_port' twice" ;;
-    esac
+        "a PORT other than the egress proxy's ($egress_port), got '$host:$port'"
     [ "$index" -lt 245 ] ||
         fail "SANDBOX_EGRESS_BRIDGES: expected at most 245 entries (127.0.0.10-254)"
     address="127.0.0.$((first_address + index))"
     bridge_pairs="$bridge_pairs tcp:$address:$port=vsock:$parent_cid:$vsock_port"
     host_flags="$host_flags --egress-host $host=$address"
-    seen="$seen$host =$vsock_port "
     index=$((index + 1))
-done
+done <<ENTRIES
+$entries
+ENTRIES
 
 # Every word of bridge_pairs and host_flags was checked above: none holds a
 # blank or a glob character, so they are split unquoted.
+set -f
 # shellcheck disable=SC2086
 start_bridge() {
     if [ -n "$dry_run" ]; then

@@ -27,13 +27,8 @@ fail() {
     exit 2
 }
 
-# is_number VALUE MAX: a decimal 1..MAX without leading zeros.
-is_number() {
-    case "$1" in
-        '' | *[!0-9]* | 0* | ???????????*) return 1 ;;
-    esac
-    [ "$1" -le "$2" ]
-}
+# Beside this script in the repository.
+. "$(dirname "$0")/egress-bridges.sh"
 
 is_number "$parent_port" 65535 || fail "SANDBOX_PARENT_INGRESS_PORT:" \
     "expected a port 1-65535, got '$parent_port'"
@@ -44,38 +39,14 @@ is_number "$ingress_port" 4294967294 || fail "SANDBOX_VSOCK_INGRESS_PORT:" \
 
 relays="TCP-LISTEN:$parent_port,fork,reuseaddr"
 relays="$relays VSOCK-CONNECT:$enclave_cid:$ingress_port"
-seen=" "
-# Entries are split on blanks and never globbed. Each HOST and VSOCKPORT once,
-# as in the enclave, which gives each HOST one loopback address.
-set -f
-for entry in $bridges; do
-    expected="expected HOST:PORT=VSOCKPORT, e.g. models.example.com:443=8001"
-    case "$entry" in
-        *:*=*) ;;
-        *) fail "SANDBOX_EGRESS_BRIDGES: $expected, got '$entry'" ;;
-    esac
-    target="${entry%%=*}"
-    vsock_port="${entry#*=}"
-    host="${target%:*}"
-    port="${target##*:}"
-    case "$host" in
-        '' | *[!A-Za-z0-9.-]*)
-            fail "SANDBOX_EGRESS_BRIDGES: $expected (HOST a DNS name), got '$entry'" ;;
-    esac
-    is_number "$port" 65535 ||
-        fail "SANDBOX_EGRESS_BRIDGES: expected PORT 1-65535 in '$entry', got '$port'"
-    is_number "$vsock_port" 4294967294 || fail "SANDBOX_EGRESS_BRIDGES:" \
-        "expected VSOCKPORT 1-4294967294 in '$entry', got '$vsock_port'"
-    case "$seen" in
-        *" $host "*)
-            fail "SANDBOX_EGRESS_BRIDGES: expected each HOST once, got '$host' twice" ;;
-        *" =$vsock_port "*) fail "SANDBOX_EGRESS_BRIDGES:" \
-            "expected each VSOCKPORT once, got '$vsock_port' twice" ;;
-    esac
-    seen="$seen$host =$vsock_port "
+entries=$(egress_bridges "$bridges")
+while read -r host port vsock_port; do
+    [ -n "$host" ] || continue
     relays="$relays
 VSOCK-LISTEN:$vsock_port,fork,reuseaddr TCP:$host:$port"
-done
+done <<ENTRIES
+$entries
+ENTRIES
 
 if [ -n "$dry_run" ]; then
     echo "$relays" | sed 's/^/socat /'

@@ -27,7 +27,8 @@ ENTRYPOINT = IMAGE / "entrypoint.sh"
 NITRO_ENTRYPOINT = IMAGE / "nitro-entrypoint.sh"
 NITRO_PARENT = IMAGE / "nitro-parent.sh"
 PIN_VALUES = IMAGE / "pin-values.sh"
-SCRIPTS = [ENTRYPOINT, NITRO_ENTRYPOINT, NITRO_PARENT, PIN_VALUES]
+BRIDGES_LIBRARY = IMAGE / "egress-bridges.sh"
+SCRIPTS = [ENTRYPOINT, NITRO_ENTRYPOINT, NITRO_PARENT, PIN_VALUES, BRIDGES_LIBRARY]
 POSIX_SCRIPTS = [ENTRYPOINT, NITRO_ENTRYPOINT, NITRO_PARENT]
 COMPOSE_POLICY = IMAGE / "compose-policy"
 PCRS = {index: f"{index:02x}" * 48 for index in (0, 1, 2)}
@@ -147,14 +148,24 @@ def test_nitro_target_starts_its_entrypoint_as_root() -> None:
     assert nitro[0] == "FROM final AS nitro"
     assert [line for line in nitro if line.startswith("USER ")] == ["USER root"]
     assert "ENV SANDBOX_EGRESS_BRIDGES=${EGRESS_BRIDGES}" in nitro
-    assert [
-        "COPY",
-        "--chmod=0755",
-        "enclave-image/nitro-entrypoint.sh",
-        "/usr/local/bin/sandbox-nitro-entrypoint",
-    ] in [line.split() for line in nitro]
+    copies = [line.split() for line in nitro if line.startswith("COPY")]
+    # The entrypoint sources its parser from its own folder.
+    assert copies == [
+        [
+            "COPY",
+            "--chmod=0644",
+            "enclave-image/egress-bridges.sh",
+            "/usr/local/lib/sandbox/",
+        ],
+        [
+            "COPY",
+            "--chmod=0755",
+            "enclave-image/nitro-entrypoint.sh",
+            "/usr/local/lib/sandbox/",
+        ],
+    ]
     assert nitro[-2:] == [
-        'ENTRYPOINT ["/usr/local/bin/sandbox-nitro-entrypoint"]',
+        'ENTRYPOINT ["/usr/local/lib/sandbox/nitro-entrypoint.sh"]',
         "CMD []",
     ]
 
@@ -189,7 +200,7 @@ def test_nothing_is_fetched_in_the_final_stage_or_at_start() -> None:
 
     for line in instructions(final_stage() + stage(" AS nitro")):
         assert not fetchers.search(line), line
-    for script in (ENTRYPOINT, NITRO_ENTRYPOINT):
+    for script in (ENTRYPOINT, NITRO_ENTRYPOINT, BRIDGES_LIBRARY):
         for line in instructions(script.read_text()):
             assert not fetchers.search(line), line
 
@@ -231,6 +242,16 @@ def test_entrypoints_parse_as_posix_sh(script: Path) -> None:
     assert script.read_text().startswith("#!/bin/sh\n")
     assert "set -eu" in script.read_text()
     assert script.stat().st_mode & 0o111, "executable"
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh here")
+def test_the_sourced_bridges_parser_parses_as_posix_sh() -> None:
+    sh = shutil.which("sh") or "sh"
+    result = subprocess.run(
+        [sh, "-n", str(BRIDGES_LIBRARY)], capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
 
 
 def test_pin_values_prints_policy_pcr16_and_nitro_pcrs(tmp_path: Path) -> None:
