@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,6 +136,53 @@ def test_launcher_runs_the_app_as_its_own_user() -> None:
     assert completed.returncode == 0, completed.stderr
 
     assert completed.stdout.split() == ["65534", "65534", "65534", "NoNewPrivs:", "1"]
+
+
+@needs_confinement
+def test_confined_app_dies_with_the_process_that_started_it() -> None:
+    # The shell stands in for the sandbox: killed outright, it cannot stop its
+    # child, so only the parent-death signal ends the app.
+    script = f"{shlex.join(launcher())} sleep 60 & echo $!; wait"
+    with subprocess.Popen(
+        ["/bin/sh", "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        app = int(parent.stdout.readline())
+        try:
+            assert wait_until(lambda: command_line(app).startswith("sleep"))
+            parent.kill()
+            parent.wait(10)
+
+            assert wait_until(lambda: not alive(app)), "the app outlived its parent"
+        finally:
+            if alive(app):
+                os.kill(app, signal.SIGKILL)
+
+
+def command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode()
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its new parent to reap it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_launcher_refuses_root_as_the_app_user() -> None:
