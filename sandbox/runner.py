@@ -23,15 +23,20 @@ from yarl import URL
 
 from sandbox.attestation.provider import make_provider
 from sandbox.audit.log import AuditLog
+from sandbox.bridge.endpoints import BridgePair, TcpEndpoint
+from sandbox.bridge.relay import Relay, RelayOptions
+from sandbox.confine.netns import AppNetwork
 from sandbox.confine.plan import (
     ConfineOptions,
     ConfinePlan,
     check_supported,
     launcher_command,
     plan_for,
+    shared_network_reason,
 )
 from sandbox.egress.proxy import EgressConfig, EgressProxy
 from sandbox.engines import DecisionEngine, build_engine
+from sandbox.errors import ConfinementError
 from sandbox.identity.verifier import TokenVerifier
 from sandbox.ingress.admin import ReadinessProbe, admin_app
 from sandbox.ingress.proxy import IngressProxy
@@ -88,6 +93,7 @@ class Sandbox:
         self._runners: list[web.BaseRunner] = []
         self._app_port: int | None = None
         self._unconfined_reason: str | None = None
+        self._network: AppNetwork | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
@@ -105,12 +111,18 @@ class Sandbox:
         self._unconfined_reason = check_supported(
             self.options.confinement, self.options.egress is not None
         )
+        self._network = await self._app_network(None if socket_path else base_url.host)
         audit = await AuditLog.open(
             self.audit_path, policy_hash=self.policy.hash, fsync=self.policy.audit.fsync
         )
         self.audit = audit
         self._closers.append(audit.close)
-        session = open_session(socket_path, self.options.timeouts)
+        network = self._network
+        session = open_session(
+            socket_path,
+            self.options.timeouts,
+            make_socket=network.open_socket if network else None,
+        )
         self._closers.insert(0, session.close)
         verifier = TokenVerifier(self.policy.identity)
         await self.engine.start()
@@ -137,9 +149,11 @@ class Sandbox:
             ),
             shutdown_timeout=self.options.drain_seconds,
         )
-        probe = app_probe(base_url.host, base_url.port, socket_path)
+        probe = app_probe(base_url.host, base_url.port, socket_path, network)
         admin = web.AppRunner(admin_app(self.metrics, audit, probe))
         await self._start_egress(audit)
+        if network is not None:
+            await self._connect_app_network(network)
         self.ingress_urls = await self._listen(
             ingress, self.options.listen, "ingress", channel
         )
@@ -151,6 +165,51 @@ class Sandbox:
             self.policy.mode,
             self.audit_path,
         )
+
+    async def _app_network(self, upstream_host: str | None) -> AppNetwork | None:
+        """The app's own network namespace; None where it shares the sandbox's
+        (logged why). Raises ConfinementError when isolation is required."""
+        options = self.options.confinement
+        if not self.options.app_command or self._unconfined_reason is not None:
+            return None
+        reason = shared_network_reason(options, upstream_host)
+        if reason is None:
+            try:
+                network = await asyncio.to_thread(AppNetwork.create)
+            except ConfinementError as exc:
+                if options.network == "isolated":
+                    raise ConfinementError(
+                        f"{exc}; pass --app-network shared to let the app share "
+                        "the sandbox's network"
+                    ) from exc
+                reason = str(exc)
+            else:
+                self._closers.append(_closing(network))
+                return network
+        level = logging.INFO if options.network == "shared" else logging.WARNING
+        log.log(
+            level,
+            "the app shares the sandbox's network (%s): its TCP connects are "
+            "limited by port, to any address it can route to",
+            reason,
+        )
+        return None
+
+    async def _connect_app_network(self, network: AppNetwork) -> None:
+        """Put in the app's namespace what it may reach: the egress proxy, and
+        a relay to the sandbox's loopback for each --app-connect-port."""
+        assert self.egress is not None  # the app is confined only with egress
+        await self.egress.listen_in(network)
+        for port in sorted(self.options.confinement.extra_connect_ports):
+            loopback = TcpEndpoint("127.0.0.1", port)
+            relay = Relay(
+                BridgePair(loopback, loopback),
+                RelayOptions(),
+                listener=network.listener("127.0.0.1", port),
+            )
+            await relay.bind()
+            self._closers.insert(0, relay.stop)
+            await relay.serve()
 
     async def _start_attestation(self) -> tuple[ChannelKey | None, WellKnown | None]:
         if self.options.attestation is None:
@@ -198,7 +257,8 @@ class Sandbox:
             os.chmod(self.egress.files.directory, 0o711)  # noqa: S103
         egress_port = URL(self.egress.url).port
         assert egress_port is not None  # the proxy's URL always names its port
-        return plan_for(confinement, egress_port, self._app_port)
+        network = self._network.fd if self._network else None
+        return plan_for(confinement, egress_port, self._app_port, network)
 
     def _off(self) -> bool:
         return self.options.confinement.mode == "off"
@@ -267,16 +327,26 @@ async def _start_app(
     command: Sequence[str], env: dict[str, str], plan: ConfinePlan | None
 ) -> asyncio.subprocess.Process:
     launched = list(command) if plan is None else launcher_command(plan, command)
-    app = await asyncio.create_subprocess_exec(*launched, env=env)
+    inherited = () if plan is None or plan.netns_fd is None else (plan.netns_fd,)
+    app = await asyncio.create_subprocess_exec(*launched, env=env, pass_fds=inherited)
     log.info("started app (pid %s): %s", app.pid, " ".join(command))
     if plan is not None:
         log.info(
-            "app confined: TCP connect to ports %s, bind to ports %s, user %s",
+            "app confined: TCP connect to ports %s, bind to ports %s, user %s, "
+            "network %s",
             _ports(plan.connect_ports),
             _ports(plan.bind_ports),
             plan.user or "unchanged",
+            "of its own (loopback only)" if inherited else "shared",
         )
     return app
+
+
+def _closing(network: AppNetwork) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        network.close()
+
+    return close
 
 
 def _ports(ports: frozenset[int]) -> str:
@@ -319,24 +389,49 @@ async def _stop_app(app: asyncio.subprocess.Process, grace: float) -> None:
 
 
 def app_probe(
-    host: str | None, port: int | None, socket_path: str | None
+    host: str | None,
+    port: int | None,
+    socket_path: str | None,
+    network: AppNetwork | None = None,
 ) -> ReadinessProbe:
     """Readiness: does the app accept connections right now?"""
 
-    async def probe() -> str | None:
-        try:
-            if socket_path is not None:
-                connecting = asyncio.open_unix_connection(socket_path)
-            else:
-                connecting = asyncio.open_connection(
-                    host, port, family=socket.AF_UNSPEC
-                )
-            _, writer = await asyncio.wait_for(connecting, 1.0)
-        except (OSError, TimeoutError) as exc:
-            return f"the app does not accept connections: {exc}"
+    async def connect() -> None:
+        if socket_path is not None:
+            _, writer = await asyncio.open_unix_connection(socket_path)
+        elif network is not None:
+            writer = await _connect_in(network, host, port)
+        else:
+            _, writer = await asyncio.open_connection(
+                host, port, family=socket.AF_UNSPEC
+            )
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+    async def probe() -> str | None:
+        try:
+            await asyncio.wait_for(connect(), 1.0)
+        except (OSError, TimeoutError) as exc:
+            return f"the app does not accept connections: {exc}"
         return None
 
     return probe
+
+
+async def _connect_in(
+    network: AppNetwork, host: str | None, port: int | None
+) -> asyncio.StreamWriter:
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, address = (
+        await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    )[0]
+    sock = network.open_socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    _, writer = await asyncio.open_connection(sock=sock)
+    return writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sandbox.confine.plan import unsupported_reason
 from sandbox.errors import PolicyError
 from tests.support import TokenFactory, free_port, write_policy
 
@@ -101,13 +103,17 @@ def sandbox_command(policy_path: Path, tmp_path: Path) -> Any:
 
 @pytest.fixture
 async def running(
-    sandbox_command: Any, tmp_path: Path
+    sandbox_command: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[SandboxProcess]:
+    """``sandbox run`` with the test app; more flags by indirect parameter."""
     port, admin = free_port(), free_port()
+    extra = getattr(request, "param", ())
     # A file, not a pipe: an unread pipe fills up and blocks the sandbox.
     with (tmp_path / "stderr.log").open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            *sandbox_command(free_port(), port, admin), cwd=ROOT, stderr=stderr
+            *sandbox_command(free_port(), port, admin, *extra),
+            cwd=ROOT,
+            stderr=stderr,
         )
     sandbox = SandboxProcess(process, port, admin, tmp_path / "stderr.log")
     try:
@@ -149,6 +155,35 @@ async def test_app_death_stops_the_sandbox_with_a_non_zero_status(
     stderr = running.log.read_text()
     assert status == 3
     assert "the app exited with status 3" in stderr
+
+
+async def app_network(running: SandboxProcess) -> str:
+    """The network namespace of the app behind ``running``, seen through ingress."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(running.url + "/healthz") as response,
+    ):
+        assert response.status == 200
+        pid = (await response.json())["pid"]
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or unsupported_reason() is not None,
+    reason="an isolated app needs root and a kernel that confines",
+)
+async def test_as_root_the_app_is_reached_in_a_network_of_its_own(
+    running: SandboxProcess,
+) -> None:
+    assert await app_network(running) != os.readlink("/proc/self/ns/net")
+    assert "network of its own (loopback only)" in running.log.read_text()
+
+
+@pytest.mark.parametrize("running", [("--app-network", "shared")], indirect=True)
+async def test_a_shared_app_network_is_the_sandboxs_own(
+    running: SandboxProcess,
+) -> None:
+    assert await app_network(running) == os.readlink("/proc/self/ns/net")
 
 
 async def test_one_gibibyte_upload_streams_with_flat_memory(

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,21 @@ from sandbox.confine.plan import (
     launcher_command,
     plan_for,
 )
-from sandbox.confine.plan import unsupported_reason as kernel_unsupported_reason
 from sandbox.errors import ConfinementError
 from sandbox.users import UserIds
+from tests.confinement import (
+    ALWAYS_ALLOWED,
+    ALWAYS_REFUSED,
+    EGRESS_POLICY,
+    PROBE,
+    ROOT,
+    launcher,
+    needs_confinement,
+    needs_root,
+    run,
+    run_sandboxed_probe,
+    sandbox_run,
+)
 from tests.support import (
     Origin,
     TokenFactory,
@@ -36,27 +49,6 @@ from tests.support import (
     running_origins,
     write_policy,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-PROBE = ["-m", "tests.apps.confined_probe"]
-UNSUPPORTED = kernel_unsupported_reason()
-needs_confinement = pytest.mark.skipif(
-    UNSUPPORTED is not None, reason=f"this kernel cannot confine: {UNSUPPORTED}"
-)
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
-
-# Ways out that are refused whatever ports the plan allows.
-ALWAYS_REFUSED = {
-    "udp": "EACCES",
-    "udp6": "EACCES",
-    "vsock": "EACCES",
-    "sctp": "EACCES",
-    "packet": "EACCES",
-    "bind_other_port": "EACCES",
-    "io_uring": "ENOSYS",
-    "signal_parent": "EPERM",
-}
-ALWAYS_ALLOWED = {"unix": "ok", "tcp": "ok", "tcp6": "ok"}
 
 
 @pytest.fixture
@@ -70,23 +62,13 @@ def shared_dir() -> Iterator[Path]:
     directory.rmdir()
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def run_probe(prefix: list[str], result: Path, origin_port: int) -> dict[str, str]:
+def run_probe(prefix: list[str], result: Path, origin_port: int) -> dict[str, Any]:
     completed = run(
         [*prefix, sys.executable, *PROBE, str(result), str(origin_port), "1"]
     )
     assert completed.returncode == 0, completed.stderr
-    loaded: dict[str, str] = json.loads(result.read_text())
+    loaded: dict[str, Any] = json.loads(result.read_text())
     return loaded
-
-
-def launcher(*options: str) -> list[str]:
-    return [sys.executable, "-m", "sandbox.confine", *options, "--"]
 
 
 @needs_confinement
@@ -306,48 +288,6 @@ def test_seccomp_program_is_well_formed(machine: str) -> None:
 
 # Through `sandbox run`: the app is confined to the egress proxy it was given.
 
-EGRESS_POLICY = """\
-egress:
-  default: deny
-  rules:
-    - name: origin
-      hosts: ["127.0.0.1"]
-      ports: [{port}]
-      allow_cidrs: [127.0.0.1/32]
-"""
-
-
-def sandbox_run(policy: Path, audit: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sandbox",
-        "run",
-        "--policy",
-        str(policy),
-        "--upstream",
-        f"http://127.0.0.1:{free_port()}",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--audit-log",
-        str(audit),
-        "--egress-listen",
-        "127.0.0.1:0",
-        *extra,
-    ]
-
-
-def run_sandboxed_probe(
-    command: list[str], python: str, result: Path, origin_port: int
-) -> tuple[dict[str, str], str]:
-    probe = [python, *PROBE, str(result), str(origin_port), "1"]
-    completed = run([*command, "--", *probe])
-    # The app exits once it has written its findings; the sandbox follows.
-    assert completed.returncode == 1, completed.stderr
-    return json.loads(result.read_text()), completed.stderr
-
 
 @needs_confinement
 async def test_sandboxed_app_reaches_the_outside_only_through_egress(
@@ -417,3 +357,20 @@ def test_run_refuses_app_user_with_confinement_off(
 
     assert completed.returncode == 2
     assert "--app-user 1000:1000 is applied by the confinement" in completed.stderr
+
+
+@needs_root
+@pytest.mark.parametrize("provider", ["nitro", "sev-snp"])
+def test_run_refuses_a_root_app_in_a_real_enclave(
+    policy_dir: Path, tokens: TokenFactory, tmp_path: Path, provider: str
+) -> None:
+    write_policy(policy_dir, EGRESS_POLICY.format(port=1), tokens.jwks)
+    command = sandbox_run(
+        policy_dir, tmp_path / "audit.jsonl", "--attestation", provider
+    )
+
+    completed = run([*command, "--", "true"])
+
+    assert completed.returncode == 2
+    assert "the sandbox runs as root, so the app would too" in completed.stderr
+    assert "expected --app-user UID:GID" in completed.stderr

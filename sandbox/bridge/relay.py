@@ -45,14 +45,27 @@ class _Count:
 class Relay:
     """The listener of one pair and the connections it relays."""
 
-    def __init__(self, pair: BridgePair, options: RelayOptions) -> None:
+    def __init__(
+        self,
+        pair: BridgePair,
+        options: RelayOptions,
+        listener: socket.socket | None = None,
+    ) -> None:
+        """``listener``, if given, is already bound to ``pair.listen`` (in
+        another network namespace, say) and is used instead of binding."""
         self.pair = pair
         self.options = options
+        self._listener = listener
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
 
     async def bind(self) -> None:
         """Listen without accepting yet: privileges may be dropped in between."""
+        if self._listener is not None:
+            self._server = await asyncio.start_server(
+                self._accepted, sock=self._listener, start_serving=False
+            )
+            return
         self._server = await _listen(self.pair.listen, self._accepted)
 
     async def serve(self) -> None:

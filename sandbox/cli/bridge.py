@@ -17,9 +17,9 @@ import signal
 import sys
 
 from sandbox.bridge.endpoints import BridgePair, parse_pair
-from sandbox.bridge.loopback import bring_up
 from sandbox.bridge.relay import Relay, RelayOptions
 from sandbox.cli import arguments
+from sandbox.loopback import bring_up
 from sandbox.users import UserIds, switch_to
 
 log = logging.getLogger("sandbox.bridge")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any
 
 from sandbox.attestation.provider import PROVIDER_NAMES
 from sandbox.cli import arguments
-from sandbox.confine.plan import MODES, ConfineOptions
+from sandbox.confine.plan import MODES, NETWORK_MODES, ConfineOptions
 from sandbox.egress.declared import declared_hosts, parse_declared_host
 from sandbox.egress.proxy import EgressConfig
 from sandbox.engines.base import EngineStartError
@@ -132,6 +133,16 @@ def _register_confinement(parser: argparse.ArgumentParser) -> None:
         "sev-snp attestation, else auto",
     )
     parser.add_argument(
+        "--app-network",
+        choices=NETWORK_MODES,
+        help="isolated: the confined app gets a network namespace of its own, "
+        "holding only loopback, where the sandbox puts the egress proxy's "
+        "listener and reaches the app's port (needs root); shared: the app "
+        "uses the sandbox's network, limited by port only; auto: isolated "
+        "where possible. Default: isolated with nitro or sev-snp attestation, "
+        "else auto",
+    )
+    parser.add_argument(
         "--app-user",
         type=arguments.user,
         metavar="UID:GID",
@@ -145,7 +156,8 @@ def _register_confinement(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PORT",
         help="also let the confined app make TCP connections to this port "
-        "(any address; repeatable)",
+        "(any address; with a network of its own, 127.0.0.1:PORT there is "
+        "relayed to the sandbox's 127.0.0.1:PORT; repeatable)",
     )
     parser.add_argument(
         "--app-bind-port",
@@ -158,11 +170,10 @@ def _register_confinement(parser: argparse.ArgumentParser) -> None:
 
 
 def _confinement(args: argparse.Namespace) -> ConfineOptions:
-    mode = args.confine_app
-    if mode is None:
-        mode = "required" if args.attestation in HARDWARE_PROVIDERS else "auto"
+    hardware = args.attestation in HARDWARE_PROVIDERS
     return ConfineOptions(
-        mode=mode,
+        mode=args.confine_app or ("required" if hardware else "auto"),
+        network=args.app_network or ("isolated" if hardware else "auto"),
         user=args.app_user,
         extra_connect_ports=frozenset(args.app_connect_port),
         extra_bind_ports=frozenset(args.app_bind_port),
@@ -214,12 +225,25 @@ class _DeclareHost(argparse.Action):
         setattr(namespace, self.dest, hosts)
 
 
+def _refuse_a_root_app(args: argparse.Namespace, command: list[str]) -> None:
+    """Where the enclave is real, the app must not start as root: no
+    confinement holds a process that may load kernel modules."""
+    hardware = args.attestation in HARDWARE_PROVIDERS
+    if command and hardware and args.app_user is None and os.geteuid() == 0:
+        raise ValueError(
+            "the sandbox runs as root, so the app would too, and a root app "
+            "can undo its confinement (load a kernel module, rewrite the "
+            "audit log); expected --app-user UID:GID"
+        )
+
+
 def run_command(args: argparse.Namespace) -> int:
     command = list(args.app_command)
     if command and command[0] == "--":
         command = command[1:]
     try:
         parse_upstream(args.upstream)
+        _refuse_a_root_app(args, command)
         policy = load_policy(args.policy)
     except (PolicyError, ValueError) as exc:
         print(f"sandbox run: {exc}", file=sys.stderr)

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind-port", type=arguments.port, action="append", default=[], metavar="PORT"
     )
     parser.add_argument("--user", type=arguments.user, metavar="UID:GID")
+    parser.add_argument(
+        "--netns-fd",
+        type=int,
+        metavar="FD",
+        help="enter the network namespace this inherited descriptor names",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
@@ -53,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         connect_ports=frozenset(args.connect_port),
         bind_ports=frozenset(args.bind_port),
         user=args.user,
+        netns_fd=args.netns_fd,
     )
     try:
         confine(plan)
@@ -73,6 +80,9 @@ def confine(plan: ConfinePlan) -> None:
     if arch is None:
         raise OSError("seccomp filters are built for x86_64 and aarch64 only")
     parent = os.getppid()
+    # Entering a namespace needs the privileges the user change gives up.
+    if plan.netns_fd is not None:
+        _enter_network(plan.netns_fd)
     if plan.user is not None:
         switch_to(plan.user)
     # After the user change, which clears it: the app must not outlive the
@@ -83,6 +93,17 @@ def confine(plan: ConfinePlan) -> None:
     rules = landlock.NetworkRules(plan.connect_ports, plan.bind_ports)
     landlock.restrict_self(rules, landlock.abi_version())
     seccomp.install(seccomp.socket_filter(arch))
+
+
+def _enter_network(fd: int) -> None:
+    try:
+        os.setns(fd, os.CLONE_NEWNET)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot enter the app's network namespace: {exc.strerror}"
+        ) from exc
+    finally:
+        os.close(fd)
 
 
 def _die_with_parent(parent: int) -> None:

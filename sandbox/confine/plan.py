@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from sandbox.errors import ConfinementError
 from sandbox.users import UserIds
 
 MODES = ("required", "auto", "off")
+NETWORK_MODES = ("isolated", "auto", "shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +20,9 @@ class ConfinePlan:
     connect_ports: frozenset[int]
     bind_ports: frozenset[int]
     user: UserIds | None = None
+    # A descriptor of the app's own network namespace (sandbox.confine.netns),
+    # which the launcher enters first; None: the app shares the sandbox's.
+    netns_fd: int | None = None
 
 
 def unsupported_reason() -> str | None:
@@ -43,14 +48,18 @@ def launcher_command(plan: ConfinePlan, command: Sequence[str]) -> list[str]:
         launcher += ["--bind-port", str(port)]
     if plan.user is not None:
         launcher += ["--user", str(plan.user)]
+    if plan.netns_fd is not None:
+        launcher += ["--netns-fd", str(plan.netns_fd)]
     return [*launcher, "--", *command]
 
 
 @dataclass(frozen=True, slots=True)
 class ConfineOptions:
-    """What the operator asked: ``mode`` is one of MODES."""
+    """What the operator asked: ``mode`` is one of MODES, ``network`` one of
+    NETWORK_MODES."""
 
     mode: str = "auto"
+    network: str = "auto"
     user: UserIds | None = None
     extra_connect_ports: frozenset[int] = frozenset()
     extra_bind_ports: frozenset[int] = frozenset()
@@ -77,11 +86,53 @@ def check_supported(options: ConfineOptions, has_egress: bool) -> str | None:
         raise ConfinementError(
             f"--app-user {options.user} is applied by the confinement, but {reason}"
         )
+    if reason is not None and options.network == "isolated":
+        raise ConfinementError(
+            f"--app-network isolated is applied by the confinement, but {reason}"
+        )
     return reason
 
 
+def shared_network_reason(
+    options: ConfineOptions, upstream_host: str | None
+) -> str | None:
+    """Why the confined app cannot have a network of its own, or None when it
+    may (whether this process can make one is known only by trying).
+
+    ``upstream_host`` is None for a unix-socket upstream, reachable from any
+    namespace. Raises ConfinementError when isolation is required.
+    """
+    reason: str | None = None
+    if options.network == "shared":
+        reason = "--app-network shared"
+    elif upstream_host is not None and not _is_loopback(upstream_host):
+        reason = (
+            f"--upstream names {upstream_host!r}, but in a namespace of its own "
+            "the app is reached on loopback only"
+        )
+    if reason is not None and options.network == "isolated":
+        raise ConfinementError(
+            f"the app must have a network of its own (--app-network isolated), "
+            f"but {reason}; expected --upstream http://127.0.0.1:PORT or "
+            "unix:/PATH"
+        )
+    return reason
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def plan_for(
-    options: ConfineOptions, egress_port: int, app_port: int | None
+    options: ConfineOptions,
+    egress_port: int,
+    app_port: int | None,
+    netns_fd: int | None = None,
 ) -> ConfinePlan:
     bind = set(options.extra_bind_ports)
     if app_port is not None:
@@ -90,4 +141,5 @@ def plan_for(
         connect_ports=frozenset({egress_port, *options.extra_connect_ports}),
         bind_ports=frozenset(bind),
         user=options.user,
+        netns_fd=netns_fd,
     )

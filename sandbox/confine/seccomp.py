@@ -6,7 +6,9 @@ sockets. Allowed: ``AF_UNIX``, ``AF_NETLINK`` with the route protocol (the
 C library's address lookup uses it), and ``AF_INET``/``AF_INET6`` stream
 sockets with protocol 0 or TCP (so not MPTCP or SCTP). Everything else fails
 with EACCES. io_uring, which can create sockets without the ``socket`` call,
-fails with ENOSYS so programs fall back to ordinary calls. A call from any
+fails with ENOSYS so programs fall back to ordinary calls. ``setns`` fails
+with EPERM: the app stays in the network namespace it was started in (see
+:mod:`sandbox.confine.netns`), whatever its privileges. A call from any
 other architecture (32-bit compatibility modes, x32) kills the process: the
 filter's system call numbers would not apply to it.
 """
@@ -52,14 +54,15 @@ class Architecture:
     audit_arch: int
     socket: int
     socketpair: int
+    setns: int
     io_uring: tuple[int, ...]
     # x86_64 shares its table with x32, told apart by one bit of the number.
     x32_bit: bool
 
 
 ARCHITECTURES = {
-    "x86_64": Architecture(0xC000003E, 41, 53, (425, 426, 427), x32_bit=True),
-    "aarch64": Architecture(0xC00000B7, 198, 199, (425, 426, 427), x32_bit=False),
+    "x86_64": Architecture(0xC000003E, 41, 53, 308, (425, 426, 427), x32_bit=True),
+    "aarch64": Architecture(0xC00000B7, 198, 199, 268, (425, 426, 427), x32_bit=False),
 }
 
 
@@ -124,6 +127,7 @@ def socket_filter(arch: Architecture) -> bytes:
         program.jump_if(_JGE_K, _X32_SYSCALL_BIT, then="kill")
     program.jump_if(_JEQ_K, arch.socket, then="socket")
     program.jump_if(_JEQ_K, arch.socketpair, then="socketpair")
+    program.jump_if(_JEQ_K, arch.setns, then="eperm")
     for number in arch.io_uring:
         program.jump_if(_JEQ_K, number, then="nosys")
     program.ret(_RET_ALLOW)
@@ -158,6 +162,8 @@ def socket_filter(arch: Architecture) -> bytes:
     program.ret(_RET_ERRNO | errno.EACCES)
     program.label("nosys")
     program.ret(_RET_ERRNO | errno.ENOSYS)
+    program.label("eperm")
+    program.ret(_RET_ERRNO | errno.EPERM)
     program.label("kill")
     program.ret(_RET_KILL_PROCESS)
     return program.assemble()

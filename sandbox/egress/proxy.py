@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mitmproxy import options
+from yarl import URL
 
 with warnings.catch_warnings():
     # Importing any addon imports them all, proxyauth among them, whose ldap3
@@ -29,6 +30,7 @@ with warnings.catch_warnings():
     from mitmproxy.master import Master
 
 from sandbox.audit.log import AuditLog
+from sandbox.confine.netns import AppNetwork
 from sandbox.egress.addon import EgressAddon
 from sandbox.egress.budget import ByteBudgets
 from sandbox.egress.declared import normalised_hosts
@@ -95,6 +97,10 @@ class EgressProxy:
         )
         self.files: EgressFiles | None = None
         self.url = ""
+        # Where the app is pointed: ``url``, or its listener in the app's own
+        # network namespace.
+        self.app_url = ""
+        self._app_listeners: list[asyncio.Server] = []
         self._master: Master | None = None
 
     async def start(self) -> None:
@@ -113,10 +119,31 @@ class EgressProxy:
             host, port = config.listen
             raise OSError(f"egress proxy cannot listen on {format_url('', host, port)}")
         bound = server.listen_addrs()[0]
-        self.url = format_url("http", str(bound[0]), int(bound[1]))
+        self.url = self.app_url = format_url("http", str(bound[0]), int(bound[1]))
         log.info("egress listening on %s, CA %s", self.url, self.files.ca_cert)
 
+    async def listen_in(self, network: AppNetwork) -> None:
+        """Also take the app's connections inside its own network namespace,
+        on 127.0.0.1 and the egress port, and point the app there."""
+        port = URL(self.url).port
+        assert port is not None, "start() first"
+        sock = network.listener("127.0.0.1", port)
+        # The proxy server's own connection handler: a connection accepted
+        # here is handled exactly as one accepted on its listener.
+        (instance,) = self._proxyserver().servers
+        try:
+            listener = await asyncio.start_server(instance.handle_stream, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._app_listeners.append(listener)
+        self.app_url = format_url("http", "127.0.0.1", port)
+        log.info("egress listening on %s in the app's network", self.app_url)
+
     async def stop(self) -> None:
+        for listener in self._app_listeners:
+            listener.close()
+        self._app_listeners.clear()
         master, self._master = self._master, None
         if master is not None:
             server = master.addons.get("proxyserver")  # type: ignore[no-untyped-call]
@@ -129,12 +156,12 @@ class EgressProxy:
 
     def app_environment(self) -> dict[str, str]:
         """What the app is given so all its traffic goes through egress."""
-        if self.files is None or not self.url:
+        if self.files is None or not self.app_url:
             return {}
         bundle = str(self.files.app_bundle)
         env = {}
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-            env[name] = env[name.lower()] = self.url
+            env[name] = env[name.lower()] = self.app_url
         # Nothing bypasses the proxy, loopback included.
         env["NO_PROXY"] = env["no_proxy"] = ""
         for name in (

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
+
+# Makes the socket for one upstream connection: (family, type, proto).
+SocketMaker = Callable[[int, int, int], socket.socket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +45,26 @@ def parse_upstream(text: str) -> tuple[URL, str | None]:
 
 
 def open_session(
-    socket_path: str | None, timeouts: UpstreamTimeouts, pool_size: int = 256
+    socket_path: str | None,
+    timeouts: UpstreamTimeouts,
+    pool_size: int = 256,
+    make_socket: SocketMaker | None = None,
 ) -> aiohttp.ClientSession:
+    """``make_socket`` puts TCP connections to the app where it lives (its
+    own network namespace); by default they are ordinary sockets."""
     connector: aiohttp.BaseConnector
     if socket_path is not None:
         connector = aiohttp.UnixConnector(path=socket_path, limit=pool_size)
     else:
-        connector = aiohttp.TCPConnector(limit=pool_size, use_dns_cache=True)
+        connector = aiohttp.TCPConnector(
+            limit=pool_size,
+            use_dns_cache=True,
+            socket_factory=(
+                None
+                if make_socket is None
+                else lambda info: make_socket(info[0], info[1], info[2])
+            ),
+        )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(

@@ -1,7 +1,9 @@
 """An app that tries every way out it can think of and writes down what happened.
 
-Run as ``python -m tests.apps.confined_probe RESULT.json ORIGIN_PORT`` under
-``sandbox run`` or the confine launcher; exits 0 once the file is written.
+Run as ``python -m tests.apps.confined_probe RESULT.json ORIGIN_PORT FREE_PORT
+[TARGETS]`` under ``sandbox run`` or the confine launcher; exits 0 once the
+file is written. TARGETS is a JSON object of more connections to try, by
+name: ``{"name": ["HOST", PORT]}``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 
 _IO_URING_SETUP = 425
+_CLONE_NEWNET = 0x40000000
 
 
 def outcome(attempt: Callable[[], object]) -> str:
@@ -33,9 +36,9 @@ def make(family: int, kind: int, protocol: int = 0) -> Callable[[], object]:
     return lambda: socket.socket(family, kind, protocol).close()
 
 
-def connect(port: int) -> Callable[[], object]:
+def connect(port: int, host: str = "127.0.0.1") -> Callable[[], object]:
     def attempt() -> None:
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
+        with socket.create_connection((host, port), timeout=5):
             pass
 
     return attempt
@@ -68,7 +71,22 @@ def signal_parent() -> None:
     os.kill(os.getppid(), signal.SIGCONT)
 
 
-def main(result_path: str, origin_port: int, free_port: int) -> None:
+def enter_own_network() -> None:
+    """Harmless in itself; refused means no namespace can be entered. Through
+    libc: the unprivileged probe may run on a Python older than os.setns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number))
+    finally:
+        os.close(fd)
+
+
+def main(
+    result_path: str, origin_port: int, free_port: int, targets: str = "{}"
+) -> None:
     results = {
         "uid": os.getuid(),
         "unix": outcome(make(socket.AF_UNIX, socket.SOCK_STREAM)),
@@ -83,7 +101,11 @@ def main(result_path: str, origin_port: int, free_port: int) -> None:
         "bind_other_port": outcome(bind(free_port)),
         "io_uring": outcome(io_uring),
         "signal_parent": outcome(signal_parent),
+        "setns": outcome(enter_own_network),
     }
+    for name, (host, port) in json.loads(targets).items():
+        results[name] = outcome(connect(port, host))
+    results["interfaces"] = sorted(name for _, name in socket.if_nameindex())
     bundle = os.environ.get("SSL_CERT_FILE")
     if bundle:
         key = os.path.join(os.path.dirname(bundle), "mitmproxy-ca.pem")
@@ -97,4 +119,4 @@ def main(result_path: str, origin_port: int, free_port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])

@@ -1,4 +1,5 @@
-"""Bring ``lo`` up: a Nitro enclave boots with its loopback interface down.
+"""Bring ``lo`` up: a Nitro enclave boots with its loopback interface down,
+and so does a fresh network namespace, such as the app's own.
 
 The bridge's loopback listeners, the sandbox's ingress and egress proxy and
 the app all talk over 127.0.0.0/8, so nothing works until ``lo`` is up. The
