@@ -26,10 +26,12 @@ import trustme
 from cryptography import x509
 
 from sandbox.attestation.nitro_verify import NitroExpectations, verify_nitro_document
+from sandbox.attestation.tsm import ConfigfsTsm
 from sandbox.client import AttestedClient, Expectations
 from sandbox.errors import BindingMismatchError, SimulatedRootError
 from sandbox.ingress.wellknown import ATTESTATION_PATH
 from sandbox.policy.model import Policy
+from tests.attestation_doubles import FakeConfigfs
 from tests.support import (
     RecordingApp,
     TokenFactory,
@@ -254,3 +256,38 @@ def _wait_for_port(port: int) -> None:
                 return
         time.sleep(0.1)
     raise AssertionError(f"nothing listens on {port}")
+
+
+async def test_sandbox_verify_pins_the_sev_snp_launch_measurement(
+    policy: Policy, app: RecordingApp, tmp_path: Path
+) -> None:
+    # The guest's device is the configfs-tsm double; the sandbox, the channel
+    # and `sandbox verify` are real.
+    measurement = bytes(range(48))
+    base = tmp_path / "tsm" / "report"
+    base.mkdir(parents=True)
+    configfs = FakeConfigfs(
+        base,
+        measurement=measurement,
+        host_data=bytes.fromhex(policy.hash.removeprefix("sha256:")),
+    )
+    options = {"source": ConfigfsTsm(configfs.base, configfs)}
+    async with running_sandbox(
+        policy,
+        app.url,
+        tmp_path / "audit.jsonl",
+        attestation="sev-snp",
+        attestation_options=options,
+    ) as running:
+        port = int(https(running).rsplit(":", 1)[1])
+        # The double's AMD root is a development one: hence --allow-simulated.
+        pinned = ("--policy", policy.hash, "--allow-simulated")
+        good, wrong, short = [
+            await asyncio.to_thread(_verify, port, "--measurement", value, *pinned)
+            for value in (measurement.hex(), "00" * 48, "abcd")
+        ]
+
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"✓ MEASUREMENT: {measurement.hex()}\n" in good.stdout
+    assert wrong.returncode == 1 and "MeasurementMismatchError" in wrong.stdout
+    assert short.returncode == 2 and "96 hex digits (48 bytes)" in short.stderr

@@ -125,7 +125,7 @@ def _nitro_expectations(args: argparse.Namespace) -> NitroExpectations:
 
 def _snp_expectations(args: argparse.Namespace) -> SnpExpectations:
     expect = SnpExpectations(
-        measurement=_hex(args.measurement, "--measurement"),
+        measurement=measurement_option(args.measurement),
         host_data=_hex(args.host_data, "--host-data"),
         report_data=_hex(args.report_data, "--report-data"),
         policy_hash=policy_hash_option(args.policy),
@@ -187,6 +187,17 @@ def parse_pcr(item: str) -> tuple[int, bytes]:
     data = _hex(value, f"--pcr {index}")
     assert data is not None
     return int(index), data
+
+
+def measurement_option(value: str | None) -> bytes | None:
+    """``--measurement``: the SEV-SNP launch MEASUREMENT, 48 bytes in hex."""
+    measurement = _hex(value, "--measurement")
+    if measurement is not None and len(measurement) != 48:
+        raise UsageProblem(
+            "--measurement: expected the SEV-SNP launch MEASUREMENT, 96 hex "
+            f"digits (48 bytes), got {len(measurement)} bytes"
+        )
+    return measurement
 
 
 def _hex(value: str | None, option: str) -> bytes | None:

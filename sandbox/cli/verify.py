@@ -20,6 +20,7 @@ from sandbox.attestation.checks import checks_json
 from sandbox.cli.attestation import (
     SIMULATED_WARNING,
     UsageProblem,
+    measurement_option,
     parse_pcr,
     policy_hash_option,
     print_checks,
@@ -43,6 +44,12 @@ def register(commands: Any) -> None:
     verify.add_argument(
         "--pcr", action="append", default=[], metavar="N=HEX", help="expected PCR"
     )
+    verify.add_argument(
+        "--measurement",
+        metavar="HEX",
+        help="expected SEV-SNP launch MEASUREMENT (96 hex digits): the guest's "
+        "firmware and boot files",
+    )
     verify.add_argument("--root", type=Path, help="trust this root instead of AWS's")
     verify.add_argument(
         "--allow-simulated",
@@ -58,6 +65,7 @@ def verify_command(args: argparse.Namespace) -> int:
         expect = Expectations(
             policy_hash=policy_hash_option(args.policy),
             pcrs=dict(parse_pcr(item) for item in args.pcr),
+            measurement=measurement_option(args.measurement),
             root=root_certificate(args.root),
             allow_simulated=args.allow_simulated,
         )
