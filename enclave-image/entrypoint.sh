@@ -13,9 +13,11 @@ attestation="${SANDBOX_ATTESTATION:-nitro}"
 state_dir="${SANDBOX_STATE_DIR:-/var/lib/sandbox/state}"
 audit_log="${SANDBOX_AUDIT_LOG:-/var/lib/sandbox/audit/decisions.jsonl}"
 app_command="${SANDBOX_APP_COMMAND:-}"
+# UID:GID the app runs as; set by the confined targets, which start as root.
+app_user="${SANDBOX_APP_USER:-}"
 
-# Arguments given to this script (nitro-entrypoint.sh passes --egress-host and
-# --app-user) are kept, after the flags built here and before the app command.
+# Arguments given to this script (nitro-entrypoint.sh passes --egress-host)
+# are kept, after the flags built here and before the app command.
 set -- run \
     --policy "$policy" \
     --upstream "$upstream" \
@@ -29,6 +31,9 @@ set -- run \
 
 if [ -n "${SANDBOX_OPA_URL:-}" ]; then
     set -- "$@" --opa-url "$SANDBOX_OPA_URL"
+fi
+if [ -n "$app_user" ]; then
+    set -- "$@" --app-user "$app_user"
 fi
 
 if [ -z "$app_command" ]; then

@@ -7,7 +7,8 @@
 #     destination a loopback listener relayed to the parent (vsock CID 3), then
 #     drops to uid 65534;
 #   - the sandbox is then exec'd, told the loopback address of each destination
-#     (--egress-host) and to confine the app as uid 10001 (--app-user).
+#     (--egress-host); it confines the app in a network namespace of its own,
+#     as SANDBOX_APP_USER (uid 10001, set by the image's confined stage).
 #
 # SANDBOX_EGRESS_BRIDGES lists destinations, space-separated, HOST:PORT=VSOCKPORT:
 #   SANDBOX_EGRESS_BRIDGES="models.example.com:443=8001 api.example.org:443=8002"
@@ -49,8 +50,9 @@ host_flags=""
 index=0
 while read -r host port vsock_port; do
     [ -n "$host" ] || continue
-    # The confined app may connect to the egress proxy's port on any address:
-    # a bridge listener on that port would be a way around the proxy.
+    # The app's own network namespace holds no bridge listener; but were it
+    # ever to share the sandbox's (--app-network shared), Landlock would let
+    # it reach the egress proxy's port on any address, a bridge's included.
     [ "$port" != "$egress_port" ] || fail "SANDBOX_EGRESS_BRIDGES: expected" \
         "a PORT other than the egress proxy's ($egress_port), got '$host:$port'"
     [ "$index" -lt 245 ] ||
@@ -104,5 +106,4 @@ start_sandbox() {
 # shellcheck disable=SC2086
 start_bridge python -m sandbox bridge --loopback-up --user 65534:65534 $bridge_pairs
 # shellcheck disable=SC2086
-start_sandbox env "SANDBOX_ATTESTATION=$attestation" "$entrypoint" $host_flags \
-    --app-user 10001:10001
+start_sandbox env "SANDBOX_ATTESTATION=$attestation" "$entrypoint" $host_flags

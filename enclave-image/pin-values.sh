@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
 # Prints what a client pins, as `sandbox verify` flags:
 #   enclave-image/pin-values.sh POLICY_DIR [NITRO_BUILD_OUTPUT_JSON]
-# NITRO_BUILD_OUTPUT_JSON is what `nitro-cli build-enclave` printed on stdout.
+#       [--snp-measurement HEX]
+# NITRO_BUILD_OUTPUT_JSON is what `nitro-cli build-enclave` printed on stdout;
+# HEX is the SEV-SNP launch MEASUREMENT (snp-launch.sh with
+# SANDBOX_SNP_MEASURE=1 prints it), printed back as --measurement once checked.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 POLICY_DIR [NITRO_BUILD_OUTPUT_JSON]" >&2
+    echo "usage: $0 POLICY_DIR [NITRO_BUILD_OUTPUT_JSON] [--snp-measurement HEX]" >&2
     exit 2
+}
+
+# A typo in a pinned value would only surface as a refused verification.
+check_measurement() {
+    # tr, not ${1,,}: macOS still ships bash 3.2.
+    local value
+    value="$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]')"
+    if [[ ! "$value" =~ ^[0-9a-f]{96}$ ]]; then
+        echo "$0: --snp-measurement: expected the SEV-SNP launch MEASUREMENT," \
+            "96 hex digits (48 bytes), got '$1'" >&2
+        exit 2
+    fi
+    echo "$value"
 }
 
 find_sandbox() {
@@ -52,13 +68,34 @@ for index in (0, 1, 2):
 }
 
 main() {
-    [[ $# -ge 1 && $# -le 2 ]] || usage
-    local sandbox
+    local positional=() measurement="" sandbox
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --snp-measurement)
+                [[ $# -ge 2 ]] || usage
+                measurement="$(check_measurement "$2")"
+                shift 2
+                ;;
+            --snp-measurement=*)
+                measurement="$(check_measurement "${1#*=}")"
+                shift
+                ;;
+            -*) usage ;;
+            *)
+                positional+=("$1")
+                shift
+                ;;
+        esac
+    done
+    [[ ${#positional[@]} -ge 1 && ${#positional[@]} -le 2 ]] || usage
     sandbox="$(find_sandbox)"
 
-    "$sandbox" policy measure --json "$1" | read_measure
-    if [[ $# -eq 2 ]]; then
-        read_nitro "$2"
+    "$sandbox" policy measure --json "${positional[0]}" | read_measure
+    if [[ ${#positional[@]} -eq 2 ]]; then
+        read_nitro "${positional[1]}"
+    fi
+    if [[ -n "$measurement" ]]; then
+        echo "--measurement $measurement"
     fi
 }
 

@@ -60,8 +60,6 @@ def test_enclave_bridges_ingress_and_each_destination() -> None:
         "models.example.com=127.0.0.10",
         "--egress-host",
         "api.example.org=127.0.0.11",
-        "--app-user",
-        "10001:10001",
     ]
 
 
@@ -221,7 +219,9 @@ def test_the_nitro_entrypoint_hands_its_flags_to_sandbox_run(
     exec_, env, attestation, _entrypoint, *args = shlex.split(planned)
     name, _, value = attestation.partition("=")
 
-    argv = run_entrypoint(fake_python, "", *args, **{name: value})
+    # The image's confined stage sets the app's user.
+    env_vars = {name: value, "SANDBOX_APP_USER": "10001:10001"}
+    argv = run_entrypoint(fake_python, "", *args, **env_vars)
 
     assert (exec_, env) == ("exec", "env")
     assert argv[argv.index("--attestation") + 1] == "nitro"

@@ -142,11 +142,32 @@ def test_building_without_a_target_still_makes_the_non_root_image() -> None:
     assert last == ["FROM final AS default"]
 
 
-def test_nitro_target_starts_its_entrypoint_as_root() -> None:
+def test_confined_targets_start_as_root_and_name_the_apps_user() -> None:
+    confined = instructions(stage(" AS confined"))
+
+    assert confined[0] == "FROM final AS confined"
+    assert [line for line in confined if line.startswith("USER ")] == ["USER root"]
+    assert "ENV SANDBOX_APP_USER=10001:10001" in confined
+    for target in ("nitro", "sev-snp"):
+        assert instructions(stage(f" AS {target}"))[0] == (f"FROM confined AS {target}")
+    assert "ENV SANDBOX_ATTESTATION=sev-snp" in instructions(stage(" AS sev-snp"))
+
+
+def test_confined_targets_keep_the_state_folder_out_of_the_apps_hands() -> None:
+    # The app runs as uid 10001 there, the owner of /var/lib/sandbox in the
+    # final stage: the confined stage takes the folder back, traverse-only.
+    confined = instructions(stage(" AS confined"))
+
+    assert (
+        "RUN chown root:root /var/lib/sandbox && chmod 0711 /var/lib/sandbox"
+        in confined
+    )
+
+
+def test_nitro_target_adds_the_bridges_and_their_entrypoint() -> None:
     nitro = instructions(stage(" AS nitro"))
 
-    assert nitro[0] == "FROM final AS nitro"
-    assert [line for line in nitro if line.startswith("USER ")] == ["USER root"]
+    assert [line for line in nitro if line.startswith("USER ")] == []
     assert "ENV SANDBOX_EGRESS_BRIDGES=${EGRESS_BRIDGES}" in nitro
     copies = [line.split() for line in nitro if line.startswith("COPY")]
     # The entrypoint sources its parser from its own folder.
@@ -170,17 +191,6 @@ def test_nitro_target_starts_its_entrypoint_as_root() -> None:
     ]
 
 
-def test_nitro_target_keeps_the_state_folder_out_of_the_apps_hands() -> None:
-    # The app runs as uid 10001 there, the owner of /var/lib/sandbox in the
-    # final stage: the nitro stage takes the folder back, traverse-only.
-    nitro = instructions(stage(" AS nitro"))
-
-    assert (
-        "RUN chown root:root /var/lib/sandbox && chmod 0711 /var/lib/sandbox" in nitro
-    )
-    assert "--app-user 10001:10001" in NITRO_ENTRYPOINT.read_text()
-
-
 def test_pip_installs_only_hash_pinned_runtime_locks() -> None:
     installs = [
         line
@@ -198,7 +208,8 @@ def test_pip_installs_only_hash_pinned_runtime_locks() -> None:
 def test_nothing_is_fetched_in_the_final_stage_or_at_start() -> None:
     fetchers = re.compile(r"\b(curl|wget|pip|apt-get|apk|git|ADD)\b")
 
-    for line in instructions(final_stage() + stage(" AS nitro")):
+    targets = [stage(f" AS {name}") for name in ("confined", "sev-snp", "nitro")]
+    for line in instructions(final_stage() + "".join(targets)):
         assert not fetchers.search(line), line
     for script in (ENTRYPOINT, NITRO_ENTRYPOINT, BRIDGES_LIBRARY):
         for line in instructions(script.read_text()):
