@@ -32,6 +32,9 @@ set -- run \
 if [ -n "${SANDBOX_OPA_URL:-}" ]; then
     set -- "$@" --opa-url "$SANDBOX_OPA_URL"
 fi
+if [ -n "${SANDBOX_EGRESS_APP_BUNDLE:-}" ]; then
+    set -- "$@" --egress-app-bundle "$SANDBOX_EGRESS_APP_BUNDLE"
+fi
 if [ -n "$app_user" ]; then
     set -- "$@" --app-user "$app_user"
 fi

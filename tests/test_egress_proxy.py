@@ -123,7 +123,10 @@ async def world(
         # Loading reads files: off the loop, like the CLI does before it starts.
         policy = await asyncio.to_thread(write_policy, policy_dir, text, tokens.jwks)
         egress = EgressConfig(
-            listen=("127.0.0.1", 0), upstream_ca_file=str(ca_file), resolver=resolver
+            listen=("127.0.0.1", 0),
+            upstream_ca_file=str(ca_file),
+            resolver=resolver,
+            app_bundle_copy=str(tmp_path / "trust" / "app-ca-bundle.pem"),
         )
         async with running_sandbox(
             policy, app.url, tmp_path / "audit.jsonl", egress=egress
@@ -293,6 +296,24 @@ async def test_request_rules_intercept_and_decide_each_request(
         ("POST", "/v1/reports/8", 413),
     ]
     assert requests[0]["scheme"] == "https"
+
+
+async def test_an_app_elsewhere_trusts_interception_through_the_published_bundle(
+    world: World, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    # What the compose stack's app container is given: a copy of the bundle,
+    # outside the private state folder that holds the CA key.
+    published = tmp_path / "trust" / "app-ca-bundle.pem"
+    base = f"https://api.partner.example:{world.api.port}"
+
+    status, body = await fetch(
+        client, world, "POST", f"{base}/v1/reports/9", ssl=client_tls(published)
+    )
+
+    assert status == 200 and body["origin"] == "api"
+    assert published.stat().st_mode & 0o777 == 0o644
+    assert world.sandbox_ca.read_bytes() in published.read_bytes()
+    assert not (published.parent / f".{published.name}.new").exists()
 
 
 async def test_intercepted_request_with_another_host_header_is_refused(

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography import x509
 
+from sandbox.egress.state import CA_NAME
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +159,8 @@ async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
         SANDBOX_EGRESS_LISTEN="127.0.0.1:0",
         SANDBOX_STATE_DIR=str(root / "var/lib/sandbox/state"),
         SANDBOX_AUDIT_LOG=str(root / "var/lib/sandbox/audit/decisions.jsonl"),
+        # As the compose stack sets it, for its app in another container.
+        SANDBOX_EGRESS_APP_BUNDLE=str(root / "var/lib/sandbox/trust/bundle.pem"),
     )
     with (tmp_path / "run.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -179,6 +183,12 @@ async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
     assert "verdict: VERIFIED (simulated)" in verified.stdout
     assert status == 0, (tmp_path / "run.log").read_text()
     assert (root / "var/lib/sandbox/audit/decisions.jsonl").stat().st_size > 0
+    bundle = (root / "var/lib/sandbox/trust/bundle.pem").read_bytes()
+    # The CA comes after the system roots (one of which cryptography warns of).
+    start = bundle.rindex(b"-----BEGIN CERTIFICATE-----")
+    last = x509.load_pem_x509_certificate(bundle[start:])
+    names = last.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert [name.value for name in names] == [CA_NAME]
 
 
 async def _wait_ready(url: str, process: asyncio.subprocess.Process) -> None:

@@ -116,11 +116,47 @@ def test_outside_services_are_not_on_the_internal_network(
     assert [str(cidr) for cidr in registry_rule.allow_cidrs] == [subnet]
 
 
+def test_the_app_trusts_the_ca_the_sandbox_publishes_not_its_key(
+    compose: dict[str, Any],
+) -> None:
+    sandbox, app = compose["services"]["sandbox"], compose["services"]["app"]
+    published = Path(sandbox["environment"]["SANDBOX_EGRESS_APP_BUNDLE"])
+    (sandbox_mount,) = sandbox["volumes"]
+    (app_mount,) = app["volumes"]
+    volume, sandbox_dir = sandbox_mount.split(":")
+    app_volume, app_dir, mode = app_mount.split(":")
+
+    assert volume == app_volume and volume in compose["volumes"]
+    assert published.parent == Path(sandbox_dir) and mode == "ro"
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        assert app["environment"][name] == f"{app_dir}/{published.name}"
+    # The shared folder is not the state folder, where the CA key is.
+    state_dir = "/var/lib/sandbox/state"
+    assert f'"${{SANDBOX_STATE_DIR:-{state_dir}}}"' in ENTRYPOINT.read_text()
+    assert not Path(state_dir).is_relative_to(sandbox_dir)
+    # A named volume takes the owner of the image's folder: the sandbox's uid.
+    assert f"install -d -o 10001 -g 10001 -m 0755 {sandbox_dir}" in final_stage()
+    assert "--egress-app-bundle" in ENTRYPOINT.read_text()
+
+
+def test_the_app_starts_once_the_sandbox_has_published_the_bundle(
+    compose: dict[str, Any],
+) -> None:
+    sandbox, app = compose["services"]["sandbox"], compose["services"]["app"]
+    check = " ".join(sandbox["healthcheck"]["test"])
+
+    assert app["depends_on"] == {"sandbox": {"condition": "service_healthy"}}
+    assert "http://127.0.0.1:9901/healthz" in check
+    assert '"${SANDBOX_ADMIN_LISTEN:-127.0.0.1:9901}"' in ENTRYPOINT.read_text()
+
+
 def test_opa_is_optional_and_the_real_image(compose: dict[str, Any]) -> None:
     opa = compose["services"]["opa"]
 
     assert opa["profiles"] == ["opa"]
-    assert opa["image"].split(":")[0] == "openpolicyagent/opa"
+    name, tag = opa["image"].split(":")
+    assert name == "openpolicyagent/opa"
+    assert re.fullmatch(r"\d+\.\d+\.\d+-static", tag), "a release, not latest"
     assert opa["command"][:2] == ["run", "--server"]
     assert opa["networks"] == ["internal"]
 
@@ -159,7 +195,7 @@ def test_confined_targets_keep_the_state_folder_out_of_the_apps_hands() -> None:
     confined = instructions(stage(" AS confined"))
 
     assert (
-        "RUN chown root:root /var/lib/sandbox && chmod 0711 /var/lib/sandbox"
+        "RUN chown -R root:root /var/lib/sandbox && chmod 0711 /var/lib/sandbox"
         in confined
     )
 

@@ -98,6 +98,13 @@ def _register_egress(parser: argparse.ArgumentParser) -> None:
         "private PKI; origins are never left unverified)",
     )
     parser.add_argument(
+        "--egress-app-bundle",
+        metavar="PATH",
+        help="also write the trust bundle the app is told to use (system "
+        "roots and the egress CA) here, for an app that runs elsewhere, such "
+        "as its own container",
+    )
+    parser.add_argument(
         "--egress-host",
         action=_DeclareHost,
         dest="egress_hosts",
@@ -202,6 +209,7 @@ def _egress_config(args: argparse.Namespace) -> EgressConfig | None:
         listen=args.egress_listen,
         state_dir=args.state_dir,
         upstream_ca_file=args.egress_upstream_ca,
+        app_bundle_copy=args.egress_app_bundle,
         hosts=args.egress_hosts or {},
     )
 

@@ -37,7 +37,12 @@ from sandbox.egress.declared import normalised_hosts
 from sandbox.egress.gate import EgressGate
 from sandbox.egress.records import Recorder
 from sandbox.egress.resolver import Resolver, SystemResolver
-from sandbox.egress.state import DEFAULT_SYSTEM_ROOTS, EgressFiles, prepare_state
+from sandbox.egress.state import (
+    DEFAULT_SYSTEM_ROOTS,
+    EgressFiles,
+    prepare_state,
+    publish_app_bundle,
+)
 from sandbox.engines.base import DecisionEngine
 from sandbox.metrics import Metrics
 from sandbox.netaddr import format_url
@@ -59,6 +64,9 @@ class EgressConfig:
     system_ca_file: str = DEFAULT_SYSTEM_ROOTS
     # One more CA to trust for origins (a private PKI, or tests).
     upstream_ca_file: str | None = None
+    # Where to publish the app's trust bundle too, for an app that runs
+    # elsewhere (its own container); None: only in the state directory.
+    app_bundle_copy: str | None = None
     resolver: Resolver | None = None
     # Name -> address to connect to without looking the name up (a bridge
     # where there is no DNS); see sandbox.egress.declared.
@@ -111,6 +119,10 @@ class EgressProxy:
             config.system_ca_file,
             config.upstream_ca_file,
         )
+        if config.app_bundle_copy is not None:
+            await asyncio.to_thread(
+                publish_app_bundle, self.files, config.app_bundle_copy
+            )
         loop = asyncio.get_running_loop()
         # Adding the TLS addon reads the CA from disk: off the loop.
         self._master = await asyncio.to_thread(self._build_master, loop, self.files)

@@ -73,6 +73,17 @@ def prepare_state(
     return files
 
 
+def publish_app_bundle(files: EgressFiles, path: str) -> None:
+    """Also put the app's trust bundle at ``path`` (0644), for an app that
+    runs where the state directory is not (its own container). Replaced in
+    one rename, so a reader never sees half of it. Blocking: use a thread."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.new")
+    _write(staged, files.app_bundle.read_bytes(), 0o644)
+    os.replace(staged, target)
+
+
 def _private_directory(state_dir: str | None) -> tuple[Path, bool]:
     if state_dir is None:
         return Path(tempfile.mkdtemp(prefix="sandbox-egress-")), True
