@@ -64,6 +64,8 @@ class Expectations:
     measurement: bytes | None = None
     amd_chain: AmdChain | None = None
     allow_simulated: bool = False
+    # A debug enclave or guest can be read by its host: refused unless set.
+    allow_debug: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def _verify(
                 public_key=public_key,
             ),
             allow_simulated=expect.allow_simulated,
+            allow_debug=expect.allow_debug,
         )
     return verify_nitro_document(
         evidence,
@@ -281,6 +284,7 @@ def _verify(
             policy_hash=policy_hash,
         ),
         allow_simulated=expect.allow_simulated,
+        allow_debug=expect.allow_debug,
     )
 
 

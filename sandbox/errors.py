@@ -14,7 +14,8 @@
     │   │   │   └── CertificateExpiredError a certificate is not valid then
     │   │   ├── MeasurementMismatchError    a PCR, MEASUREMENT or HOST_DATA differs
     │   │   ├── BindingMismatchError        nonce, key, user data or REPORT_DATA
-    │   │   └── SimulatedRootError          development root without opt-in
+    │   │   ├── SimulatedRootError          development root without opt-in
+    │   │   └── DebugModeError              a debug enclave or guest, without opt-in
     │   ├── AttestationDeviceError (OSError)  /dev/nsm, configfs-tsm, sev-guest
     │   │   └── ReportRaceError             another writer raced on configfs-tsm
     │   └── PolicyBindingError (ValueError)  the platform is bound to other rules
@@ -137,6 +138,11 @@ class BindingMismatchError(AttestationVerificationError):
 
 class SimulatedRootError(AttestationVerificationError):
     """Evidence chains to a development root and the caller did not opt in."""
+
+
+class DebugModeError(AttestationVerificationError):
+    """The evidence comes from a debug enclave or guest, whose host can read
+    its memory, and the caller did not opt in."""
 
 
 class AttestationDeviceError(AttestationError, OSError):

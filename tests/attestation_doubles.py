@@ -56,7 +56,10 @@ PCR_COUNT = 32
 
 @dataclass
 class FakeNsm:
-    """An NSM with 32 PCRs, 0..15 locked as at boot; records each request."""
+    """An NSM with 32 PCRs, 0..15 locked as at boot; records each request.
+
+    PCR0-2 hold measurements, as in an enclave not in debug mode (which has
+    them zeroed); the rest start at zero."""
 
     ca: DevelopmentCA = field(default_factory=DevelopmentCA.create)
     module_id: str = "i-0fake0000000000000-enc0000000000000000"
@@ -66,7 +69,8 @@ class FakeNsm:
 
     def __post_init__(self) -> None:
         for index in range(PCR_COUNT):
-            self.pcrs.setdefault(index, bytes(measure.PCR_BYTES))
+            booted = bytes([0xA0 + index]) * measure.PCR_BYTES if index < 3 else None
+            self.pcrs.setdefault(index, booted or bytes(measure.PCR_BYTES))
 
     def exchange(self, request: bytes) -> bytes:
         self.requests.append(request)

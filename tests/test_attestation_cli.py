@@ -80,6 +80,7 @@ def test_wrong_pcr_is_refused_in_json(capsys: pytest.CaptureFixture[str]) -> Non
 
 @needs_vectors
 def test_snp_report_with_chain_files(capsys: pytest.CaptureFixture[str]) -> None:
+    # The go-sev-guest report comes from a guest that allows debugging.
     status, out = _run(
         capsys,
         str(GO_SEV / "attestation.bin"),
@@ -87,6 +88,7 @@ def test_snp_report_with_chain_files(capsys: pytest.CaptureFixture[str]) -> None
         str(GO_SEV / "vcek.testcer"),
         "--ask",
         str(GO_SEV / "milan.testcer"),
+        "--allow-debug",
         "--json",
     )
 
@@ -95,6 +97,23 @@ def test_snp_report_with_chain_files(capsys: pytest.CaptureFixture[str]) -> None
     assert result["format"] == "sev-snp" and result["verified"] is True
     assert all(check["passed"] for check in result["checks"])
     assert result["error"] is None
+
+
+@needs_vectors
+def test_a_debug_guests_report_is_refused_without_allow_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out = _run(
+        capsys,
+        str(GO_SEV / "attestation.bin"),
+        *("--vcek", str(GO_SEV / "vcek.testcer")),
+        *("--ask", str(GO_SEV / "milan.testcer")),
+        "--json",
+    )
+
+    result = json.loads(out)
+    assert status == 1 and result["verified"] is False
+    assert result["error"]["type"] == "DebugModeError"
 
 
 @needs_vectors

@@ -24,6 +24,7 @@ from sandbox.errors import (
     BindingMismatchError,
     CertificateChainError,
     CertificateExpiredError,
+    DebugModeError,
     MeasurementMismatchError,
     SignatureError,
 )
@@ -95,12 +96,20 @@ README_PCRS: dict[str, dict[int, tuple[str, str]]] = {
 }
 
 
+# Documents from enclaves in debug mode: PCR0-2 are zeros there.
+DEBUG_DOCUMENTS = {"base64", "debug", "san-debug"}
+
+
 @pytest.mark.parametrize("name", sorted(README_PCRS))
 def test_real_document_verifies_at_its_own_time(name: str) -> None:
-    result = verify_nitro_document(_document(name), at="document")
+    debug = name in DEBUG_DOCUMENTS
+
+    result = verify_nitro_document(_document(name), at="document", allow_debug=debug)
 
     assert result.simulated is False
     assert all(check.passed for check in result.checks)
+    (mode,) = [check.detail for check in result.checks if check.name == "debug mode"]
+    assert mode.startswith("ON" if debug else "off")
     for index, (prefix, suffix) in README_PCRS[name].items():
         value = result.document.pcrs[index].hex()
         assert value.startswith(prefix) and value.endswith(suffix), (index, value)
@@ -122,10 +131,24 @@ def test_real_document_matches_the_published_pcr_spec(name: str, spec: str) -> N
     expected = {int(key[3:]): bytes.fromhex(value) for key, value in pcrs.items()}
 
     result = verify_nitro_document(
-        _document(name), at="document", expect=NitroExpectations(pcrs=expected)
+        _document(name),
+        at="document",
+        expect=NitroExpectations(pcrs=expected),
+        allow_debug=name in DEBUG_DOCUMENTS,
     )
 
     assert {c.name for c in result.checks} >= {f"PCR{i}" for i in expected}
+
+
+@pytest.mark.parametrize("name", sorted(DEBUG_DOCUMENTS))
+def test_a_debug_enclaves_document_is_refused_unless_allowed(name: str) -> None:
+    with pytest.raises(DebugModeError) as raised:
+        verify_nitro_document(_document(name), at="document")
+
+    assert "PCR0 is all zeros: the enclave runs in debug mode" in str(raised.value)
+    # Everything before it held: the refusal is about debug mode alone.
+    assert [check.passed for check in raised.value.checks][-1] is False
+    assert all(check.passed for check in raised.value.checks[:-1])
 
 
 def test_debug_document_carries_its_public_key_and_user_data() -> None:
@@ -133,7 +156,9 @@ def test_debug_document_carries_its_public_key_and_user_data() -> None:
         public_key=b"my super secret key", user_data=b"hello, world!"
     )
 
-    verify_nitro_document(_document("debug"), at="document", expect=expect)
+    verify_nitro_document(
+        _document("debug"), at="document", expect=expect, allow_debug=True
+    )
 
 
 def test_evervault_user_data_is_the_tls_certificate_key() -> None:
@@ -141,7 +166,10 @@ def test_evervault_user_data_is_the_tls_certificate_key() -> None:
     spki = x509.load_der_x509_certificate(der).public_key().public_bytes(*SPKI)
 
     result = verify_nitro_document(
-        _document("base64"), at="document", expect=NitroExpectations(user_data=spki)
+        _document("base64"),
+        at="document",
+        expect=NitroExpectations(user_data=spki),
+        allow_debug=True,
     )
 
     assert result.document.user_data == spki

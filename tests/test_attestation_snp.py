@@ -26,6 +26,7 @@ from sandbox.errors import (
     BindingMismatchError,
     CertificateChainError,
     CertificateExpiredError,
+    DebugModeError,
     MeasurementMismatchError,
     SignatureError,
     SimulatedRootError,
@@ -68,20 +69,49 @@ def test_real_report_verifies_with_its_chain(
 ) -> None:
     report, chain = _case(name)
 
-    result = verify_snp_report(report, chain)
+    result = verify_snp_report(report, chain, allow_debug=name in DEBUG_REPORTS)
 
     assert result.simulated is False
     assert result.report.measurement.hex().startswith(measurement)
     assert TcbVersion.from_u64(result.report.reported_tcb) == tcb
     assert result.report.firmware == firmware
-    assert [c.name for c in result.checks][-1] == "signature"
+    assert [c.name for c in result.checks][-2:] == ["signature", "debug mode"]
+
+
+# go-sev-guest's report comes from a guest whose policy allows debugging.
+DEBUG_REPORTS = {"go-sev-guest"}
+
+
+def test_a_debug_guests_report_is_refused_unless_allowed() -> None:
+    report, chain = _case("go-sev-guest")
+
+    with pytest.raises(DebugModeError) as raised:
+        verify_snp_report(report, chain)
+
+    assert "guest policy 0xb0000 allows debugging (bit 19)" in str(raised.value)
+    assert all(check.passed for check in raised.value.checks[:-1])
+
+
+@pytest.mark.parametrize("name", ["virtee-sev", "azure"])
+def test_a_guest_without_debugging_passes_the_debug_check(name: str) -> None:
+    report, chain = _case(name)
+
+    result = verify_snp_report(report, chain)
+
+    (mode,) = [check.detail for check in result.checks if check.name == "debug mode"]
+    assert mode.startswith("off (guest policy 0x")
 
 
 def test_go_sev_guest_report_data_is_its_known_prefix() -> None:
     report, chain = _case("go-sev-guest")
     expected = bytes([1, 2, 3, 4, 5]) + bytes(59)
 
-    verify_snp_report(report, chain, expect=SnpExpectations(report_data=expected))
+    verify_snp_report(
+        report,
+        chain,
+        expect=SnpExpectations(report_data=expected),
+        allow_debug=True,
+    )
 
 
 def test_azure_host_data_is_the_hash_of_its_security_policy() -> None:
@@ -156,7 +186,10 @@ def test_policy_with_zero_host_data_needs_nonce_and_key() -> None:
 
     with pytest.raises(BindingMismatchError, match="cannot show which policy"):
         verify_snp_report(
-            report, chain, expect=SnpExpectations(policy_hash="sha256:" + "00" * 32)
+            report,
+            chain,
+            expect=SnpExpectations(policy_hash="sha256:" + "00" * 32),
+            allow_debug=True,
         )
 
 

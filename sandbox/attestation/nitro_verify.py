@@ -11,7 +11,10 @@ Steps, in order, each recorded as a check:
    every certificate is valid at the verification time;
 3. the COSE signature verifies with the leaf's P-384 key; the chain comes
    first so that a signature is only ever checked with a trusted key;
-4. what the caller expects: PCR values, nonce, public key, user data and
+4. the enclave is not in debug mode, where the parent instance can read
+   its memory and AWS zeroes PCR0-2 (PCR0 of zeros tells it), unless the
+   caller passes ``allow_debug``;
+5. what the caller expects: PCR values, nonce, public key, user data and
    the policy hash (the ``user_data`` label and PCR16, see ``measure``).
 
 A document that chains to any root other than the AWS one is treated as
@@ -54,6 +57,7 @@ from sandbox.errors import (
     AttestationFormatError,
     BindingMismatchError,
     CertificateChainError,
+    DebugModeError,
     MeasurementMismatchError,
     SignatureError,
     SimulatedRootError,
@@ -87,6 +91,7 @@ def verify_nitro_document(
     at: datetime | Literal["document"] | None = None,
     expect: NitroExpectations | None = None,
     allow_simulated: bool = False,
+    allow_debug: bool = False,
 ) -> NitroVerification:
     """Verify ``data`` (COSE_Sign1 bytes); raise the first check that fails.
 
@@ -100,8 +105,25 @@ def verify_nitro_document(
     when = _verification_time(at, document)
     leaf, simulated = _chain(log, document, root, when, allow_simulated)
     _signature(log, sign1, leaf)
+    _debug_mode(log, document, allow_debug)
     _expectations(log, document, expect or NitroExpectations())
     return NitroVerification("nitro", log.checks, simulated, document)
+
+
+def _debug_mode(log: CheckLog, document: NitroDocument, allow_debug: bool) -> None:
+    pcr0 = document.pcrs.get(0, b"")
+    if any(pcr0):
+        log.passed("debug mode", "off (PCR0 is a measurement)")
+        return
+    if not allow_debug:
+        log.fail(
+            DebugModeError,
+            "debug mode",
+            "PCR0 is all zeros: the enclave runs in debug mode, where its parent "
+            "instance can read its memory; debug evidence is accepted only when "
+            "the caller allows it",
+        )
+    log.passed("debug mode", "ON (allowed by the caller): the parent can read it")
 
 
 def _verification_time(

@@ -37,6 +37,8 @@ SIGNATURE_OFFSET = 0x2A0
 SIGNATURE_COMPONENT = 72
 ECDSA_P384_SHA384 = 1
 SIGNING_KEY_VCEK = 0
+# Guest policy bit 19: the host may debug the guest, that is read its memory.
+POLICY_DEBUG = 1 << 19
 REPORT_DATA = slice(0x50, 0x90)
 MEASUREMENT = slice(0x90, 0xC0)
 HOST_DATA = slice(0xC0, 0xE0)

@@ -11,7 +11,9 @@ Steps, in order, each recorded as a check:
 4. the VCEK belongs to this report: its TCB extensions equal REPORTED_TCB
    and its hwID equals CHIP_ID;
 5. the report signature verifies with the VCEK over bytes 0x000..0x29F;
-6. what the caller expects: MEASUREMENT, HOST_DATA, REPORT_DATA, and the
+6. the guest policy forbids debugging (bit 19), with which the host could
+   read the guest's memory, unless the caller passes ``allow_debug``;
+7. what the caller expects: MEASUREMENT, HOST_DATA, REPORT_DATA, and the
    policy hash (HOST_DATA when the host set it, REPORT_DATA recomputed from
    nonce, TLS key and policy when those are given; see ``measure``).
 """
@@ -34,6 +36,7 @@ from sandbox.attestation.roots import amd_ark_name
 from sandbox.attestation.snp_certs import AmdChain, vcek_hwid, vcek_product, vcek_tcb
 from sandbox.attestation.snp_report import (
     ECDSA_P384_SHA384,
+    POLICY_DEBUG,
     SIGNING_KEY_VCEK,
     SnpReport,
     TcbVersion,
@@ -43,6 +46,7 @@ from sandbox.errors import (
     AttestationFormatError,
     BindingMismatchError,
     CertificateChainError,
+    DebugModeError,
     MeasurementMismatchError,
     SignatureError,
     SimulatedRootError,
@@ -78,6 +82,7 @@ def verify_snp_report(
     at: datetime | None = None,
     expect: SnpExpectations | None = None,
     allow_simulated: bool = False,
+    allow_debug: bool = False,
 ) -> SnpVerification:
     """Verify a raw report against ``chain``; raise the first check that fails."""
     log = CheckLog()
@@ -85,6 +90,7 @@ def verify_snp_report(
     vcek, simulated = _chain(log, chain, at or datetime.now(UTC), allow_simulated)
     _vcek_matches(log, report, vcek)
     _signature(log, report, vcek)
+    _debug_policy(log, report, allow_debug)
     _expectations(log, report, expect or SnpExpectations())
     return SnpVerification("sev-snp", log.checks, simulated, report)
 
@@ -209,6 +215,21 @@ def _signature(log: CheckLog, report: SnpReport, vcek: x509.Certificate) -> None
             "with the VCEK",
         )
     log.passed("signature", "ECDSA P-384 SHA-384 by the VCEK")
+
+
+def _debug_policy(log: CheckLog, report: SnpReport, allow_debug: bool) -> None:
+    if not report.policy & POLICY_DEBUG:
+        log.passed("debug mode", f"off (guest policy {report.policy:#x})")
+        return
+    if not allow_debug:
+        log.fail(
+            DebugModeError,
+            "debug mode",
+            f"guest policy {report.policy:#x} allows debugging (bit 19): the host "
+            "can read the guest's memory; debug evidence is accepted only when "
+            "the caller allows it",
+        )
+    log.passed("debug mode", "ON (allowed by the caller): the host can read it")
 
 
 def _expectations(log: CheckLog, report: SnpReport, expect: SnpExpectations) -> None:

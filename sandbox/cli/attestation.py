@@ -76,6 +76,11 @@ def _add_verify_arguments(verify: argparse.ArgumentParser) -> None:
     add("--ark", type=Path, help="ARK certificate file")
     add("--cert-table", type=Path, help="SEV-SNP certificate table (auxblob)")
     add("--allow-simulated", action="store_true", help="accept development roots")
+    add(
+        "--allow-debug",
+        action="store_true",
+        help="accept a debug enclave or guest, whose host can read its memory",
+    )
     add("--json", action="store_true", help="print the result as JSON")
 
 
@@ -103,6 +108,7 @@ def _verify(kind: str, raw: bytes, args: argparse.Namespace) -> Verification:
             at=_at(args.at, allow_document=True),
             expect=_nitro_expectations(args),
             allow_simulated=args.allow_simulated,
+            allow_debug=args.allow_debug,
         )
     return verify_snp_report(
         raw,
@@ -110,6 +116,7 @@ def _verify(kind: str, raw: bytes, args: argparse.Namespace) -> Verification:
         at=_at(args.at, allow_document=False),
         expect=_snp_expectations(args),
         allow_simulated=args.allow_simulated,
+        allow_debug=args.allow_debug,
     )
 
 

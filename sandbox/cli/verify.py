@@ -56,6 +56,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="accept the simulated provider (development only)",
     )
+    verify.add_argument(
+        "--allow-debug",
+        action="store_true",
+        help="accept a debug enclave or guest, whose host can read its memory "
+        "(development only)",
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(handler=verify_command)
 
@@ -68,6 +74,7 @@ def verify_command(args: argparse.Namespace) -> int:
             measurement=measurement_option(args.measurement),
             root=root_certificate(args.root),
             allow_simulated=args.allow_simulated,
+            allow_debug=args.allow_debug,
         )
     except UsageProblem as exc:
         print(f"sandbox verify: {exc}", file=sys.stderr)
