@@ -1,7 +1,7 @@
 # shellcheck shell=sh
 # Sourced by nitro-entrypoint.sh (in the enclave) and nitro-parent.sh (on the
 # parent), which must read SANDBOX_EGRESS_BRIDGES the same way: both sides of
-# a bridge are built from one entry.
+# a bridge are built from one entry. snp-launch.sh uses is_number only.
 #
 # egress_bridges VALUE prints one checked entry a line, "HOST PORT VSOCKPORT",
 # in the order given; on a malformed value it says what was expected on

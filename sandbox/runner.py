@@ -111,13 +111,14 @@ class Sandbox:
         self._unconfined_reason = check_supported(
             self.options.confinement, self.options.egress is not None
         )
-        self._network = await self._app_network(None if socket_path else base_url.host)
+        network = self._network = await self._app_network(
+            None if socket_path else base_url.host
+        )
         audit = await AuditLog.open(
             self.audit_path, policy_hash=self.policy.hash, fsync=self.policy.audit.fsync
         )
         self.audit = audit
         self._closers.append(audit.close)
-        network = self._network
         session = open_session(
             socket_path,
             self.options.timeouts,

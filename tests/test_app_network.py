@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -255,3 +256,37 @@ def test_run_refuses_an_isolated_app_behind_a_non_loopback_upstream(
 
     assert completed.returncode == 2
     assert "--upstream names '192.0.2.7'" in completed.stderr
+
+
+@needs_namespaces
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="no setpriv here")
+@pytest.mark.parametrize(
+    ("dropped", "message"),
+    [
+        ("sys_admin", "expected CAP_SYS_ADMIN (run the sandbox as root"),
+        ("net_admin", "cannot bring lo up: expected CAP_NET_ADMIN"),
+    ],
+)
+def test_a_missing_capability_is_named(dropped: str, message: str) -> None:
+    # Root without one capability: a container started without --cap-add.
+    script = (
+        "from sandbox.confine.netns import AppNetwork\n"
+        "try:\n    AppNetwork.create()\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+
+    setpriv = shutil.which("setpriv") or "setpriv"
+
+    completed = subprocess.run(
+        [setpriv, "--bounding-set", f"-{dropped}", sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert completed.stdout.startswith(
+        "ConfinementError cannot give the app a network namespace of its own: "
+    )
+    assert message in completed.stdout

@@ -97,7 +97,13 @@ def _new_namespace() -> int:
 
     def make() -> None:
         try:
-            os.unshare(os.CLONE_NEWNET)
+            try:
+                os.unshare(os.CLONE_NEWNET)
+            except PermissionError as exc:
+                raise PermissionError(
+                    "expected CAP_SYS_ADMIN (run the sandbox as root, with "
+                    f"--app-user for the app), got {exc.strerror}"
+                ) from exc
             made.append(os.open(_THIS_THREAD, os.O_RDONLY | os.O_CLOEXEC))
             bring_up("lo")
         except BaseException as exc:
@@ -106,22 +112,12 @@ def _new_namespace() -> int:
     thread = threading.Thread(target=make, name="sandbox-app-netns")
     thread.start()
     thread.join()
-    if failed:
-        for fd in made:
-            os.close(fd)
-        raise _translated(failed[0]) from failed[0]
-    return made[0]
-
-
-def _translated(exc: BaseException) -> BaseException:
-    if isinstance(exc, PermissionError):
-        return ConfinementError(
-            "cannot give the app a network namespace of its own: expected "
-            "CAP_SYS_ADMIN (run the sandbox as root, with --app-user for the "
-            f"app), got {exc.strerror}"
-        )
-    if isinstance(exc, OSError):
-        return ConfinementError(
-            f"cannot give the app a network namespace of its own: {exc}"
-        )
-    return exc
+    if not failed:
+        return made[0]
+    for fd in made:
+        os.close(fd)
+    if not isinstance(failed[0], OSError):
+        raise failed[0]
+    raise ConfinementError(
+        f"cannot give the app a network namespace of its own: {failed[0]}"
+    ) from failed[0]
