@@ -29,6 +29,7 @@ from sandbox.confine.netns import AppNetwork
 from sandbox.confine.plan import (
     ConfineOptions,
     ConfinePlan,
+    check_boundary,
     check_supported,
     launcher_command,
     plan_for,
@@ -106,12 +107,9 @@ class Sandbox:
     async def _start(self) -> None:
         base_url, socket_path = parse_upstream(self.options.upstream)
         self._app_port = None if socket_path else base_url.port
-        # Checked before anything listens: a required confinement that this
-        # kernel cannot give stops the start here.
-        self._unconfined_reason = check_supported(
-            self.options.confinement, self.options.egress is not None
-        )
-        network = self._network = await self._app_network(
+        # Settled before anything listens: a required confinement that this
+        # machine cannot give stops the start here.
+        network = self._network = await self._settle_confinement(
             None if socket_path else base_url.host
         )
         audit = await AuditLog.open(
@@ -166,6 +164,20 @@ class Sandbox:
             self.policy.mode,
             self.audit_path,
         )
+
+    async def _settle_confinement(self, upstream_host: str | None) -> AppNetwork | None:
+        """The app's own network, if it gets one; records why the app would
+        run unconfined, or raises ConfinementError where that is refused."""
+        options = self.options.confinement
+        self._unconfined_reason = check_supported(
+            options, self.options.egress is not None
+        )
+        network = await self._app_network(upstream_host)
+        if self._unconfined_reason is None and self.options.app_command:
+            self._unconfined_reason = check_boundary(
+                options, isolated=network is not None
+            )
+        return network
 
     async def _app_network(self, upstream_host: str | None) -> AppNetwork | None:
         """The app's own network namespace; None where it shares the sandbox's
@@ -259,7 +271,13 @@ class Sandbox:
         egress_port = URL(self.egress.url).port
         assert egress_port is not None  # the proxy's URL always names its port
         network = self._network.fd if self._network else None
-        return plan_for(confinement, egress_port, self._app_port, network)
+        plan = plan_for(confinement, egress_port, self._app_port, network)
+        if not plan.landlock:
+            log.info(
+                "this kernel has no Landlock network rules: the app's own "
+                "network namespace and seccomp are its boundary"
+            )
+        return plan
 
     def _off(self) -> bool:
         return self.options.confinement.mode == "off"
@@ -333,10 +351,11 @@ async def _start_app(
     log.info("started app (pid %s): %s", app.pid, " ".join(command))
     if plan is not None:
         log.info(
-            "app confined: TCP connect to ports %s, bind to ports %s, user %s, "
+            "app confined: TCP connect to ports %s, bind to ports %s%s, user %s, "
             "network %s",
             _ports(plan.connect_ports),
             _ports(plan.bind_ports),
+            "" if plan.landlock else " (no Landlock: not enforced by port)",
             plan.user or "unchanged",
             "of its own (loopback only)" if inherited else "shared",
         )

@@ -12,14 +12,18 @@ from typing import Any
 
 import pytest
 
-from sandbox.confine.plan import unsupported_reason
+from sandbox.confine.plan import landlock_reason, unsupported_reason
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ["-m", "tests.apps.confined_probe"]
 UNSUPPORTED = unsupported_reason()
+NO_LANDLOCK = UNSUPPORTED or landlock_reason()
+needs_seccomp = pytest.mark.skipif(
+    UNSUPPORTED is not None, reason=f"this machine cannot confine: {UNSUPPORTED}"
+)
 needs_confinement = pytest.mark.skipif(
-    UNSUPPORTED is not None, reason=f"this kernel cannot confine: {UNSUPPORTED}"
+    NO_LANDLOCK is not None, reason=f"this kernel cannot confine: {NO_LANDLOCK}"
 )
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
 

@@ -8,6 +8,7 @@ proxy's listener and the relays it was asked for.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -32,9 +33,11 @@ from sandbox.errors import ConfinementError
 from tests.confinement import (
     ALWAYS_REFUSED,
     EGRESS_POLICY,
+    PROBE,
     ROOT,
     launcher,
     needs_confinement,
+    needs_seccomp,
     run_sandboxed_probe,
     sandbox_run,
 )
@@ -290,3 +293,36 @@ def test_a_missing_capability_is_named(dropped: str, message: str) -> None:
         "ConfinementError cannot give the app a network namespace of its own: "
     )
     assert message in completed.stdout
+
+
+@needs_seccomp
+@needs_namespaces
+async def test_without_landlock_the_namespace_and_seccomp_still_hold_the_app(
+    network: AppNetwork, tmp_path: Path
+) -> None:
+    # What AWS's own Nitro enclave kernels allow: no Landlock, so no port
+    # rules; the app's own network and the seccomp filter are the boundary.
+    result = tmp_path / "r.json"
+    async with running_origins(Origin("127.0.0.1")) as (origin,):
+        command = [
+            *launcher("--netns-fd", str(network.fd), "--without-landlock"),
+            *(sys.executable, *PROBE, str(result), str(origin.port), "1"),
+        ]
+        completed = await asyncio.to_thread(
+            subprocess.run,
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            pass_fds=(network.fd,),
+        )
+
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(result.read_text())
+    assert results["interfaces"] == ["lo"]
+    assert results["direct_connect"] == "ECONNREFUSED"
+    assert results["bind_other_port"] == "ok"  # Landlock's rule, absent here
+    for name in ("udp", "udp6", "vsock", "sctp", "packet", "io_uring", "setns"):
+        assert results[name] == ALWAYS_REFUSED[name], name

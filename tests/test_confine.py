@@ -22,6 +22,7 @@ from sandbox.confine import seccomp
 from sandbox.confine.plan import (
     ConfineOptions,
     ConfinePlan,
+    check_boundary,
     check_supported,
     launcher_command,
     plan_for,
@@ -250,21 +251,57 @@ def test_app_user_needs_the_confinement_it_is_part_of() -> None:
         check_supported(options, has_egress=True)
 
 
-def test_required_confinement_on_a_kernel_without_it_names_the_way_out(
+def test_required_confinement_on_a_machine_without_it_names_the_way_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The kernel's answer is the only thing replaced: this machine has Landlock.
+    # The machine's answer is the only thing replaced: this one has seccomp.
     monkeypatch.setattr(
-        "sandbox.confine.plan.unsupported_reason", lambda: "no Landlock here"
+        "sandbox.confine.plan.unsupported_reason", lambda: "no seccomp here"
     )
 
     with pytest.raises(ConfinementError) as raised:
         check_supported(ConfineOptions(mode="required"), has_egress=True)
 
     assert str(raised.value) == (
-        "the app must be confined (--confine-app required) but no Landlock "
+        "the app must be confined (--confine-app required) but no seccomp "
         "here; pass --confine-app auto to run it unconfined"
     )
+
+
+def test_without_landlock_only_a_network_of_its_own_bounds_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on AWS's own Nitro enclave kernels, which leave Landlock out.
+    monkeypatch.setattr("sandbox.confine.plan.landlock_reason", lambda: "no Landlock")
+    required = ConfineOptions(mode="required")
+
+    assert check_boundary(required, isolated=True) is None
+    with pytest.raises(ConfinementError) as raised:
+        check_boundary(required, isolated=False)
+    assert str(raised.value) == (
+        "the app must be confined (--confine-app required) but no Landlock, and "
+        "the app has no network namespace of its own; pass --confine-app auto "
+        "to run it unconfined"
+    )
+    assert "no network namespace" in str(check_boundary(ConfineOptions(), False))
+
+
+def test_without_landlock_the_plan_leaves_it_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sandbox.confine.plan.landlock_reason", lambda: "no Landlock")
+
+    plan = plan_for(ConfineOptions(), egress_port=3128, app_port=None, netns_fd=5)
+
+    assert plan.landlock is False
+    assert launcher_command(plan, ["app"])[-3:] == ["--without-landlock", "--", "app"]
+
+
+def test_launcher_refuses_to_skip_landlock_without_a_network_of_its_own() -> None:
+    completed = run([*launcher("--without-landlock"), "true"])
+
+    assert completed.returncode == 2
+    assert "--without-landlock needs --netns-fd" in completed.stderr
 
 
 @pytest.mark.parametrize("machine", sorted(seccomp.ARCHITECTURES))

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FD",
         help="enter the network namespace this inherited descriptor names",
     )
+    parser.add_argument(
+        "--without-landlock",
+        action="store_true",
+        help="skip Landlock (a kernel without its network rules); only with "
+        "--netns-fd, whose namespace then bounds the app's TCP",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
@@ -55,11 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         print("sandbox confine: no command to run", file=sys.stderr)
         return 2
+    if args.without_landlock and args.netns_fd is None:
+        print(
+            "sandbox confine: --without-landlock needs --netns-fd: without "
+            "either, nothing would bound the app's TCP connects",
+            file=sys.stderr,
+        )
+        return 2
     plan = ConfinePlan(
         connect_ports=frozenset(args.connect_port),
         bind_ports=frozenset(args.bind_port),
         user=args.user,
         netns_fd=args.netns_fd,
+        landlock=not args.without_landlock,
     )
     try:
         confine(plan)
@@ -90,8 +104,9 @@ def confine(plan: ConfinePlan) -> None:
     # forked us, the sandbox's event-loop thread, which lives as long as it.
     _die_with_parent(parent)
     seccomp.set_no_new_privs()
-    rules = landlock.NetworkRules(plan.connect_ports, plan.bind_ports)
-    landlock.restrict_self(rules, landlock.abi_version())
+    if plan.landlock:
+        rules = landlock.NetworkRules(plan.connect_ports, plan.bind_ports)
+        landlock.restrict_self(rules, landlock.abi_version())
     seccomp.install(seccomp.socket_filter(arch))
 
 

@@ -1,4 +1,14 @@
-"""What confinement the runner asks of the launcher, and whether it can have it."""
+"""What confinement the runner asks of the launcher, and whether it can have it.
+
+The app is confined when the seccomp filter applies and at least one of two
+boundaries holds its TCP: Landlock's network rules (its connects limited to
+the egress port, Linux 6.7+) or a network namespace of its own (nothing to
+connect to but what the sandbox put there). Both apply wherever they can;
+either alone keeps the app behind the egress proxy on a machine whose only
+route is loopback, and only the namespace does on a machine with a network.
+AWS's own Nitro enclave kernels have no Landlock: there the namespace and
+the seccomp filter are the boundary.
+"""
 
 from __future__ import annotations
 
@@ -23,20 +33,28 @@ class ConfinePlan:
     # A descriptor of the app's own network namespace (sandbox.confine.netns),
     # which the launcher enters first; None: the app shares the sandbox's.
     netns_fd: int | None = None
+    # False only where the kernel has no Landlock network rules and the app's
+    # own network namespace is its boundary instead.
+    landlock: bool = True
 
 
 def unsupported_reason() -> str | None:
-    """Why this kernel cannot confine the app, or None when it can."""
+    """Why this machine cannot confine the app at all, or None when it can."""
     if seccomp.native_architecture() is None:
         return "seccomp filters are built for x86_64 and aarch64 only"
-    abi = landlock.abi_version()
-    if abi < landlock.NET_ABI:
-        found = f"ABI {abi}" if abi else "no Landlock"
-        return (
-            f"Landlock network rules need Linux 6.7 or newer with Landlock "
-            f"enabled (ABI {landlock.NET_ABI}); this kernel has {found}"
-        )
     return None
+
+
+def landlock_reason() -> str | None:
+    """Why Landlock cannot limit the app's TCP ports here, or None when it can."""
+    abi = landlock.abi_version()
+    if abi >= landlock.NET_ABI:
+        return None
+    found = f"ABI {abi}" if abi else "no Landlock"
+    return (
+        f"Landlock network rules need Linux 6.7 or newer with Landlock "
+        f"enabled (ABI {landlock.NET_ABI}); this kernel has {found}"
+    )
 
 
 def launcher_command(plan: ConfinePlan, command: Sequence[str]) -> list[str]:
@@ -50,6 +68,8 @@ def launcher_command(plan: ConfinePlan, command: Sequence[str]) -> list[str]:
         launcher += ["--user", str(plan.user)]
     if plan.netns_fd is not None:
         launcher += ["--netns-fd", str(plan.netns_fd)]
+    if not plan.landlock:
+        launcher.append("--without-landlock")
     return [*launcher, "--", *command]
 
 
@@ -77,6 +97,27 @@ def check_supported(options: ConfineOptions, has_egress: bool) -> str | None:
         reason = "there is no egress proxy to confine the app to (--no-egress)"
     else:
         reason = unsupported_reason()
+    _refused_if_required(options, reason)
+    if reason is not None and options.network == "isolated":
+        raise ConfinementError(
+            f"--app-network isolated is applied by the confinement, but {reason}"
+        )
+    return reason
+
+
+def check_boundary(options: ConfineOptions, isolated: bool) -> str | None:
+    """None when the app's TCP has a boundary (Landlock, or its own network);
+    else why it would run unconfined. Raises ConfinementError where
+    confinement is required."""
+    missing = landlock_reason()
+    if missing is None or isolated:
+        return None
+    return _refused_if_required(
+        options, f"{missing}, and the app has no network namespace of its own"
+    )
+
+
+def _refused_if_required(options: ConfineOptions, reason: str | None) -> str | None:
     if reason is not None and options.mode == "required":
         raise ConfinementError(
             f"the app must be confined (--confine-app required) but {reason}; "
@@ -85,10 +126,6 @@ def check_supported(options: ConfineOptions, has_egress: bool) -> str | None:
     if reason is not None and options.user is not None:
         raise ConfinementError(
             f"--app-user {options.user} is applied by the confinement, but {reason}"
-        )
-    if reason is not None and options.network == "isolated":
-        raise ConfinementError(
-            f"--app-network isolated is applied by the confinement, but {reason}"
         )
     return reason
 
@@ -134,6 +171,7 @@ def plan_for(
     app_port: int | None,
     netns_fd: int | None = None,
 ) -> ConfinePlan:
+    """Everything the kernel offers: Landlock wherever it has network rules."""
     bind = set(options.extra_bind_ports)
     if app_port is not None:
         bind.add(app_port)
@@ -142,4 +180,5 @@ def plan_for(
         bind_ports=frozenset(bind),
         user=options.user,
         netns_fd=netns_fd,
+        landlock=landlock_reason() is None,
     )

@@ -180,6 +180,8 @@ def _show_outside_calls(payload: dict[str, Any]) -> None:
     bypass = payload["bypassing_proxy"]
     if bypass.endswith("Permission denied"):
         bypass += " (the kernel's answer: the app is confined to the egress proxy)"
+    elif bypass.endswith("Connection refused"):
+        bypass += " (nothing listens there in the app's own network namespace)"
     elif bypass.endswith("took the note"):
         bypass += " (this kernel cannot confine the app: see the warning above)"
     _say(f"   the same copy, bypassing the proxy: {bypass}")
