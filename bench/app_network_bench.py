@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingress_bench import free_port, wait_for, wrk
+from bench.ingress_bench import NGINX_CONF, free_port, wait_for, wrk
 from sandbox.confine.netns import AppNetwork
 from sandbox.confine.plan import unsupported_reason
 
@@ -42,28 +42,6 @@ ingress:
       methods: [GET]
       paths: [/open]
       anonymous: true
-"""
-# nginx as root drops its worker to nobody, which may not write the pid file
-# or temporary paths it never uses here; master and worker stay in the folder.
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  keepalive_timeout {keepalive};
-  client_body_temp_path {dir};
-  proxy_temp_path {dir};
-  fastcgi_temp_path {dir};
-  uwsgi_temp_path {dir};
-  scgi_temp_path {dir};
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ return 200 "ok\\n"; }}
-  }}
-}}
 """
 
 

@@ -62,6 +62,7 @@ error_log {dir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
+  keepalive_timeout {keepalive};
   client_body_temp_path {dir};
   proxy_temp_path {dir};
   fastcgi_temp_path {dir};
@@ -123,7 +124,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
     nginx_port, port, admin = free_port(), free_port(), free_port()
-    (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, port=nginx_port))
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(dir=work, port=nginx_port, keepalive=75)
+    )
     policy = work / "policy"
     (policy / "keys").mkdir(parents=True)
     private_key, jwks = generate_key("ES256")

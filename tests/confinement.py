@@ -42,9 +42,17 @@ ALWAYS_REFUSED = {
 ALWAYS_ALLOWED = {"unix": "ok", "tcp": "ok", "tcp6": "ok"}
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+def run(
+    command: list[str], pass_fds: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        pass_fds=pass_fds,
     )
 
 

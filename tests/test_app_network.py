@@ -38,6 +38,7 @@ from tests.confinement import (
     launcher,
     needs_confinement,
     needs_seccomp,
+    run,
     run_sandboxed_probe,
     sandbox_run,
 )
@@ -89,15 +90,7 @@ def test_the_launcher_puts_the_app_in_the_network_it_is_given(
     script = "import socket; print(*sorted(n for _, n in socket.if_nameindex()))"
     command = [*launcher("--netns-fd", str(network.fd)), sys.executable, "-c", script]
 
-    completed = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        pass_fds=(network.fd,),
-    )
+    completed = run(command, pass_fds=(network.fd,))
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["lo"]
@@ -248,14 +241,7 @@ def test_run_refuses_an_isolated_app_behind_a_non_loopback_upstream(
     command = sandbox_run(policy_dir, tmp_path / "audit.jsonl", "--app-network")
     command = [*command, "isolated", "--upstream", "http://192.0.2.7:8081"]
 
-    completed = subprocess.run(
-        [*command, "--", "true"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run([*command, "--", "true"])
 
     assert completed.returncode == 2
     assert "--upstream names '192.0.2.7'" in completed.stderr
@@ -308,16 +294,7 @@ async def test_without_landlock_the_namespace_and_seccomp_still_hold_the_app(
             *launcher("--netns-fd", str(network.fd), "--without-landlock"),
             *(sys.executable, *PROBE, str(result), str(origin.port), "1"),
         ]
-        completed = await asyncio.to_thread(
-            subprocess.run,
-            command,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            pass_fds=(network.fd,),
-        )
+        completed = await asyncio.to_thread(run, command, (network.fd,))
 
     assert completed.returncode == 0, completed.stderr
     results = json.loads(result.read_text())
