@@ -20,13 +20,17 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 from cryptography import x509
 
+from sandbox.client import AttestedClient, Expectations
 from sandbox.egress.state import CA_NAME
+from sandbox.policy.loader import load_policy
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,12 +92,17 @@ def lay_out(stage: str, root: Path, context: Path, variables: dict[str, str]) ->
 
 
 @pytest.fixture
-def image(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def image(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[Path, dict[str, str]]:
+    """The final stage under ``tmp_path``; build arguments by indirect
+    parameter, as ``docker build --build-arg`` gives them."""
     builder, final = tmp_path / "builder", tmp_path / "final"
     under(builder, "/opt").mkdir(parents=True)
     under(builder, "/opt/venv").symlink_to(VENV)
     lay_out("builder", builder, ROOT, {})
-    variables: dict[str, str] = {"PATH": os.environ["PATH"]}
+    build_args: dict[str, str] = getattr(request, "param", {})
+    variables = {"PATH": os.environ["PATH"], **build_args}
     lay_out("final", final, ROOT, variables)
     return final, variables
 
@@ -140,13 +149,16 @@ def test_the_images_python_imports_the_copied_sandbox(
     assert located.stdout.strip() == str(root / "opt/sandbox/sandbox/__init__.py")
 
 
-async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
-    image: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def started(
+    image: tuple[Path, dict[str, str]], log: Path
+) -> AsyncIterator[tuple[str, list[int]]]:
+    """The image's entrypoint, run with the image's environment on free
+    loopback ports; yields the ingress URL and, once it stopped, its status."""
     root, variables = image
     port, admin, app_port = free_port(), free_port(), free_port()
     env = image_environment(root, variables)
-    # The image's default app, on a port free here.
+    # The image's app command, on a port free here.
     env["SANDBOX_APP_COMMAND"] = env["SANDBOX_APP_COMMAND"].replace(
         "8081", str(app_port)
     )
@@ -162,26 +174,34 @@ async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
         # As the compose stack sets it, for its app in another container.
         SANDBOX_EGRESS_APP_BUNDLE=str(root / "var/lib/sandbox/trust/bundle.pem"),
     )
-    with (tmp_path / "run.log").open("wb") as log:
+    status: list[int] = []
+    with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             "/bin/sh",
             str(root / "usr/local/bin/sandbox-entrypoint"),
             env=env,
             cwd=root / "app",
-            stderr=log,
+            stderr=output,
         )
     try:
         await _wait_ready(f"http://127.0.0.1:{admin}/readyz", process)
-        verified = await asyncio.to_thread(
-            _verify, f"https://127.0.0.1:{port}", root / "policy"
-        )
+        yield f"https://127.0.0.1:{port}", status
     finally:
         process.send_signal(signal.SIGTERM)
-        status = await asyncio.wait_for(process.wait(), 30)
+        status.append(await asyncio.wait_for(process.wait(), 30))
+
+
+async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
+    image: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, _ = image
+
+    async with started(image, tmp_path / "run.log") as (url, status):
+        verified = await asyncio.to_thread(_verify, url, root / "policy")
 
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "verdict: VERIFIED (simulated)" in verified.stdout
-    assert status == 0, (tmp_path / "run.log").read_text()
+    assert status == [0], (tmp_path / "run.log").read_text()
     assert (root / "var/lib/sandbox/audit/decisions.jsonl").stat().st_size > 0
     bundle = (root / "var/lib/sandbox/trust/bundle.pem").read_bytes()
     # The CA comes after the system roots (one of which cryptography warns of).
@@ -189,6 +209,35 @@ async def test_the_entrypoint_starts_the_sandbox_before_the_default_app(
     last = x509.load_pem_x509_certificate(bundle[start:])
     names = last.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     assert [name.value for name in names] == [CA_NAME]
+
+
+VENDOR_APP = {
+    "APP_DIR": "enclave-image/example-app",
+    "APP_COMMAND": "python server.py --port 8081",
+}
+
+
+@pytest.mark.parametrize("image", [VENDOR_APP], indirect=True)
+async def test_a_vendors_app_brought_by_app_dir_runs_behind_the_policy(
+    image: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, _ = image
+    policy = await asyncio.to_thread(load_policy, root / "policy")
+    expect = Expectations(policy_hash=policy.hash, allow_simulated=True)
+
+    async with (
+        started(image, tmp_path / "run.log") as (url, _),
+        await AttestedClient.connect(url, expect) as client,
+    ):
+        async with client.request("GET", "/healthz") as health:
+            answer = await health.json()
+        async with client.request("POST", "/v1/classify", data=b"chest pain") as post:
+            refused = post.status
+
+    assert (root / "app/server.py").is_file()
+    assert answer == {"app": "example-triage", "status": "ok"}
+    # The example policy has no rule for the vendor's route: default deny.
+    assert refused == 403
 
 
 async def _wait_ready(url: str, process: asyncio.subprocess.Process) -> None:
