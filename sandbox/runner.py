@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
 from sandbox.attestation.provider import make_provider
 from sandbox.audit.log import AuditLog
@@ -268,10 +267,8 @@ class Sandbox:
             # Traverse only: the app's user may read the trust bundle it is
             # pointed at, not list the directory or read the 0600 CA key.
             os.chmod(self.egress.files.directory, 0o711)  # noqa: S103
-        egress_port = URL(self.egress.url).port
-        assert egress_port is not None  # the proxy's URL always names its port
         network = self._network.fd if self._network else None
-        plan = plan_for(confinement, egress_port, self._app_port, network)
+        plan = plan_for(confinement, self.egress.port, self._app_port, network)
         if not plan.landlock:
             log.info(
                 "this kernel has no Landlock network rules: the app's own "

@@ -171,6 +171,24 @@ async def running_sandbox(
         await sandbox.stop()
 
 
+async def wait_ready(
+    readyz: str, process: asyncio.subprocess.Process, seconds: float = 20
+) -> None:
+    """Until the sandbox ``process`` answers 200 on its ``readyz`` URL; fails
+    at once should the process exit first."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(seconds * 10)):
+            assert process.returncode is None, "the sandbox exited early"
+            try:
+                async with session.get(readyz) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the sandbox never became ready at {readyz}")
+
+
 def audit_records(path: Path) -> list[dict[str, Any]]:
     lines = path.read_text().splitlines()
     return [

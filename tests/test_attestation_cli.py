@@ -15,6 +15,12 @@ from tests.support import VECTORS, needs_vectors
 
 MARLIN = VECTORS / "nitro/marlin"
 GO_SEV = VECTORS / "snp/go-sev-guest"
+# The go-sev-guest report with its VCEK and ASK (the ARK is AMD's, pinned).
+GO_SEV_REPORT = (
+    str(GO_SEV / "attestation.bin"),
+    *("--vcek", str(GO_SEV / "vcek.testcer")),
+    *("--ask", str(GO_SEV / "milan.testcer")),
+)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -81,16 +87,7 @@ def test_wrong_pcr_is_refused_in_json(capsys: pytest.CaptureFixture[str]) -> Non
 @needs_vectors
 def test_snp_report_with_chain_files(capsys: pytest.CaptureFixture[str]) -> None:
     # The go-sev-guest report comes from a guest that allows debugging.
-    status, out = _run(
-        capsys,
-        str(GO_SEV / "attestation.bin"),
-        "--vcek",
-        str(GO_SEV / "vcek.testcer"),
-        "--ask",
-        str(GO_SEV / "milan.testcer"),
-        "--allow-debug",
-        "--json",
-    )
+    status, out = _run(capsys, *GO_SEV_REPORT, "--allow-debug", "--json")
 
     result = json.loads(out)
     assert status == 0
@@ -103,13 +100,7 @@ def test_snp_report_with_chain_files(capsys: pytest.CaptureFixture[str]) -> None
 def test_a_debug_guests_report_is_refused_without_allow_debug(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    status, out = _run(
-        capsys,
-        str(GO_SEV / "attestation.bin"),
-        *("--vcek", str(GO_SEV / "vcek.testcer")),
-        *("--ask", str(GO_SEV / "milan.testcer")),
-        "--json",
-    )
+    status, out = _run(capsys, *GO_SEV_REPORT, "--json")
 
     result = json.loads(out)
     assert status == 1 and result["verified"] is False
@@ -121,14 +112,7 @@ def test_snp_report_with_a_foreign_ark_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     status, out = _run(
-        capsys,
-        str(GO_SEV / "attestation.bin"),
-        "--vcek",
-        str(GO_SEV / "vcek.testcer"),
-        "--ask",
-        str(GO_SEV / "milan.testcer"),
-        "--ark",
-        str(VECTORS / "snp/virtee-sev/genoa_ark.pem"),
+        capsys, *GO_SEV_REPORT, "--ark", str(VECTORS / "snp/virtee-sev/genoa_ark.pem")
     )
 
     assert status == 1

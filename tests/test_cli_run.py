@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.confine.plan import unsupported_reason
 from sandbox.errors import PolicyError
-from tests.support import TokenFactory, free_port, write_policy
+from tests.support import TokenFactory, free_port, wait_ready, write_policy
 
 POLICY = """\
 ingress:
@@ -46,17 +46,7 @@ class SandboxProcess:
         self.admin = f"http://127.0.0.1:{admin}"
 
     async def wait_ready(self) -> None:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(150):
-                assert self.process.returncode is None, "sandbox run exited early"
-                try:
-                    async with session.get(self.admin + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("sandbox run never became ready")
+        await wait_ready(self.admin + "/readyz", self.process)
 
     def peak_memory_kib(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()

@@ -24,14 +24,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 from cryptography import x509
 
 from sandbox.client import AttestedClient, Expectations
 from sandbox.egress.state import CA_NAME
 from sandbox.policy.loader import load_policy
-from tests.support import free_port
+from tests.support import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "enclave-image" / "Dockerfile"
@@ -184,7 +183,7 @@ async def started(
             stderr=output,
         )
     try:
-        await _wait_ready(f"http://127.0.0.1:{admin}/readyz", process)
+        await wait_ready(f"http://127.0.0.1:{admin}/readyz", process)
         yield f"https://127.0.0.1:{port}", status
     finally:
         process.send_signal(signal.SIGTERM)
@@ -238,20 +237,6 @@ async def test_a_vendors_app_brought_by_app_dir_runs_behind_the_policy(
     assert answer == {"app": "example-triage", "status": "ok"}
     # The example policy has no rule for the vendor's route: default deny.
     assert refused == 403
-
-
-async def _wait_ready(url: str, process: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            assert process.returncode is None, "the entrypoint exited early"
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("the sandbox never became ready")
 
 
 def _verify(url: str, policy: Path) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mitmproxy import options
-from yarl import URL
 
 with warnings.catch_warnings():
     # Importing any addon imports them all, proxyauth among them, whose ldap3
@@ -105,6 +104,8 @@ class EgressProxy:
         )
         self.files: EgressFiles | None = None
         self.url = ""
+        # The port the proxy listens on, once started: the app's only way out.
+        self.port = 0
         # Where the app is pointed: ``url``, or its listener in the app's own
         # network namespace.
         self.app_url = ""
@@ -131,15 +132,15 @@ class EgressProxy:
             host, port = config.listen
             raise OSError(f"egress proxy cannot listen on {format_url('', host, port)}")
         bound = server.listen_addrs()[0]
-        self.url = self.app_url = format_url("http", str(bound[0]), int(bound[1]))
+        self.port = int(bound[1])
+        self.url = self.app_url = format_url("http", str(bound[0]), self.port)
         log.info("egress listening on %s, CA %s", self.url, self.files.ca_cert)
 
     async def listen_in(self, network: AppNetwork) -> None:
         """Also take the app's connections inside its own network namespace,
         on 127.0.0.1 and the egress port, and point the app there."""
-        port = URL(self.url).port
-        assert port is not None, "start() first"
-        sock = network.listener("127.0.0.1", port)
+        assert self.port, "start() first"
+        sock = network.listener("127.0.0.1", self.port)
         # The proxy server's own connection handler: a connection accepted
         # here is handled exactly as one accepted on its listener.
         (instance,) = self._proxyserver().servers
@@ -149,7 +150,7 @@ class EgressProxy:
             sock.close()
             raise
         self._app_listeners.append(listener)
-        self.app_url = format_url("http", "127.0.0.1", port)
+        self.app_url = format_url("http", "127.0.0.1", self.port)
         log.info("egress listening on %s in the app's network", self.app_url)
 
     async def stop(self) -> None:
